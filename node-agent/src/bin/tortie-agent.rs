@@ -1,0 +1,5 @@
+#![forbid(unsafe_code)]
+
+fn main() {
+    eprintln!("tortie-agent {}", env!("CARGO_PKG_VERSION"));
+}
