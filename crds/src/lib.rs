@@ -2,3 +2,5 @@
 //! own `NodeNetworkConfig`, the selector language, validation shared by the CRD schemas
 //! and the operator, and the pure IPAM block logic.
 #![forbid(unsafe_code)]
+
+pub mod validation;
