@@ -3,4 +3,5 @@
 //! and the operator, and the pure IPAM block logic.
 #![forbid(unsafe_code)]
 
+pub mod selector;
 pub mod validation;
