@@ -18,6 +18,7 @@ use crate::validation::{FieldPath, Validate, ValidationErrors};
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "BlockAffinity",
     plural = "blockaffinities",
     singular = "blockaffinity",

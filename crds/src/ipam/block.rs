@@ -52,6 +52,7 @@ pub const MAX_BLOCK_HOST_BITS: u8 = 12;
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "IPAMBlock",
     plural = "ipamblocks",
     singular = "ipamblock",
@@ -756,19 +757,26 @@ impl IPAMBlock {
 
     /// Releases held ordinals (checked by the caller).
     fn release_ordinals(&mut self, ordinals: &[usize], release: &Release) {
-        if let Release::Cooldown { now, .. } = release {
-            let marker = AllocationAttribute {
-                released_at: Some(now.clone()),
-                ..AllocationAttribute::default()
-            };
-            self.spec.attributes.push(marker);
-            let index = self.spec.attributes.len() - 1;
-            for &ordinal in ordinals {
-                self.spec.allocations[ordinal] = Some(index);
-                self.record_sequence_number(ordinal);
+        match release {
+            Release::Immediate => {
+                self.collect(ordinals, release);
+            }
+            Release::Cooldown { now, .. } => {
+                // The addresses point at a marker entry until the cooldown has passed; a
+                // zero cooldown frees them in the collection right after.
+                let marker = AllocationAttribute {
+                    released_at: Some(now.clone()),
+                    ..AllocationAttribute::default()
+                };
+                self.spec.attributes.push(marker);
+                let index = self.spec.attributes.len() - 1;
+                for &ordinal in ordinals {
+                    self.spec.allocations[ordinal] = Some(index);
+                    self.record_sequence_number(ordinal);
+                }
+                self.collect(&[], release);
             }
         }
-        self.collect(ordinals, release);
     }
 
     /// Frees `released` and every ordinal whose cooldown has passed, appending them to

@@ -22,6 +22,7 @@ pub const MAX_IP_COOLDOWN_SECONDS: i32 = 1200;
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "IPAMConfig",
     plural = "ipamconfigs",
     singular = "ipamconfig",

@@ -19,6 +19,7 @@ use crate::validation::{FieldPath, Validate, ValidationErrors};
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "IPAMHandle",
     plural = "ipamhandles",
     singular = "ipamhandle",
