@@ -14,6 +14,8 @@ use crate::validation::{FieldPath, Validate, ValidationErrors};
 
 /// A node's claim on a block. A node confirms a claim after it has written itself into
 /// the block's `affinity`; releasing goes through `pendingDeletion`.
+// Several printer columns share a `type_`; clippy takes that for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "crd.projectcalico.org",
@@ -111,7 +113,10 @@ impl Validate for BlockAffinitySpec {
             );
         }
         if self.node.is_empty() {
-            errors.push(&path.child("node"), "must name the node that owns the block");
+            errors.push(
+                &path.child("node"),
+                "must name the node that owns the block",
+            );
         }
         if let Some(kind) = &self.affinity_type
             && kind != AFFINITY_TYPE_HOST
@@ -134,7 +139,9 @@ impl Validate for BlockAffinity {
         {
             errors.push(
                 &path.child("metadata").child("name"),
-                format!("must be {expected:?}, the name Calico derives from spec.node and spec.cidr"),
+                format!(
+                    "must be {expected:?}, the name Calico derives from spec.node and spec.cidr"
+                ),
             );
         }
     }
@@ -243,9 +250,14 @@ mod tests {
         );
         affinity.spec.cidr = "10.244.1.65/26".parse().expect("test CIDR parses");
         affinity.spec.affinity_type = Some("rack".to_owned());
-        let errors = affinity.validate().expect_err("unmasked CIDR and bad type are refused");
+        let errors = affinity
+            .validate()
+            .expect_err("unmasked CIDR and bad type are refused");
         let text = errors.to_string();
-        assert!(text.contains("spec.cidr: 10.244.1.65/26 has bits set"), "{text}");
+        assert!(
+            text.contains("spec.cidr: 10.244.1.65/26 has bits set"),
+            "{text}"
+        );
         assert!(text.contains("spec.type"), "{text}");
         assert!(text.contains("metadata.name"), "{text}");
     }

@@ -48,6 +48,8 @@ pub const MAX_BLOCK_HOST_BITS: u8 = 12;
 /// A block of addresses of a pool, and which of them are allocated to whom. Calico and
 /// Tortie both read and write these; every write is a compare-and-swap on the object's
 /// `resourceVersion`, so two nodes never hand out one address.
+// Several printer columns share a `type_`; clippy takes that for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "crd.projectcalico.org",
@@ -59,7 +61,11 @@ pub const MAX_BLOCK_HOST_BITS: u8 = 12;
     doc = "A block of a pool and which of its addresses are allocated, to whom (Calico's IPAM format).",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "Affinity", type_ = "string", json_path = ".spec.affinity"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAMBlockSpec {
@@ -122,11 +128,7 @@ pub struct IPAMBlockSpec {
 pub struct AllocationAttribute {
     /// The handle that holds the addresses, such as `k8s-pod-network.<container ID>`.
     /// Absent on entries that only mark addresses in cooldown.
-    #[serde(
-        rename = "handle_id",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "handle_id", default, skip_serializing_if = "Option::is_none")]
     pub handle_id: Option<String>,
 
     /// Attributes of the current owner: `namespace`, `pod`, `node`, `timestamp`, or
@@ -252,7 +254,9 @@ pub enum BlockError {
     },
 
     /// The block index is past the last block of the pool.
-    #[error("IP pool {pool}: block index {index} is out of range; the pool has {count} blocks of /{block_size}")]
+    #[error(
+        "IP pool {pool}: block index {index} is out of range; the pool has {count} blocks of /{block_size}"
+    )]
     IndexOutOfRange {
         /// The pool's CIDR.
         pool: IpNet,
@@ -323,11 +327,13 @@ impl AllocationAttribute {
 pub fn block_count(pool: &IpNet, block_size: u8) -> Result<u128, BlockError> {
     check_block_size(pool, block_size)?;
     let bits = u32::from(block_size - pool.prefix_len());
-    1u128.checked_shl(bits).ok_or_else(|| BlockError::BadBlockSize {
-        pool: *pool,
-        block_size,
-        reason: "the pool has 2^128 blocks or more, which cannot be counted".to_owned(),
-    })
+    1u128
+        .checked_shl(bits)
+        .ok_or_else(|| BlockError::BadBlockSize {
+            pool: *pool,
+            block_size,
+            reason: "the pool has 2^128 blocks or more, which cannot be counted".to_owned(),
+        })
 }
 
 /// The CIDR of block number `index` of a pool, counting from the pool's first address.
@@ -511,7 +517,9 @@ impl IPAMBlock {
     /// Every held address with its owner, in address order.
     pub fn allocations(&self) -> impl Iterator<Item = (IpAddr, &AllocationAttribute)> + '_ {
         self.held_ordinals().filter_map(|(ordinal, owner)| {
-            self.address_of(ordinal).ok().map(|address| (address, owner))
+            self.address_of(ordinal)
+                .ok()
+                .map(|address| (address, owner))
         })
     }
 
@@ -656,7 +664,11 @@ impl IPAMBlock {
 
     /// Frees the addresses whose cooldown has passed at `now` and removes owner entries
     /// nothing points at. Returns whether the block changed (and must be written).
-    pub fn finish_cooldowns(&mut self, now: &Time, cooldown_seconds: u32) -> Result<bool, BlockError> {
+    pub fn finish_cooldowns(
+        &mut self,
+        now: &Time,
+        cooldown_seconds: u32,
+    ) -> Result<bool, BlockError> {
         self.check()?;
         let release = Release::Cooldown {
             now: now.clone(),
@@ -696,7 +708,9 @@ impl IPAMBlock {
                 )));
             }
             if std::mem::replace(&mut queued[ordinal], true) {
-                return Err(problem(format!("spec.unallocated lists ordinal {ordinal} twice")));
+                return Err(problem(format!(
+                    "spec.unallocated lists ordinal {ordinal} twice"
+                )));
             }
         }
         for (ordinal, entry) in self.spec.allocations.iter().enumerate() {
@@ -822,7 +836,10 @@ impl IPAMBlock {
         }
         let mut renumbered = vec![None; in_use.len()];
         let mut kept = Vec::new();
-        for (old, attribute) in std::mem::take(&mut self.spec.attributes).into_iter().enumerate() {
+        for (old, attribute) in std::mem::take(&mut self.spec.attributes)
+            .into_iter()
+            .enumerate()
+        {
             if in_use[old] {
                 renumbered[old] = Some(kept.len());
                 kept.push(attribute);
@@ -899,11 +916,17 @@ impl Validate for IPAMBlockSpec {
         for (i, &ordinal) in self.unallocated.iter().enumerate() {
             let field = path.child("unallocated").index(i);
             if ordinal >= size {
-                errors.push(&field, format!("{ordinal} is past the block's {size} addresses"));
+                errors.push(
+                    &field,
+                    format!("{ordinal} is past the block's {size} addresses"),
+                );
             } else if std::mem::replace(&mut seen[ordinal], true) {
                 errors.push(&field, format!("{ordinal} is listed twice"));
             } else if self.allocations.get(ordinal).is_some_and(Option::is_some) {
-                errors.push(&field, format!("{ordinal} is free here but allocated in allocations"));
+                errors.push(
+                    &field,
+                    format!("{ordinal} is free here but allocated in allocations"),
+                );
             }
         }
     }

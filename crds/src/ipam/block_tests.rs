@@ -83,8 +83,14 @@ fn blocks_of_a_pool_in_address_order() {
     assert_eq!(b.metadata.name.as_deref(), Some("fd00-10--c0-122"));
     assert_eq!(b.size(), 64);
 
-    assert!(block_count(&pool, 15).is_err(), "blocks larger than the pool");
-    assert!(block_count(&pool, 19).is_err(), "blocks over 4096 addresses");
+    assert!(
+        block_count(&pool, 15).is_err(),
+        "blocks larger than the pool"
+    );
+    assert!(
+        block_count(&pool, 19).is_err(),
+        "blocks over 4096 addresses"
+    );
     assert!(block_count(&pool, 33).is_err(), "longer than an address");
     assert_eq!(
         block_cidr_for_address(ip("10.244.1.100"), 26),
@@ -115,23 +121,37 @@ fn addresses_and_ordinals() {
 fn allocation_follows_calicos_order_and_shares_owner_entries() {
     let mut b = block("10.244.1.64/26");
     let a = b.allocate(3, &pod("a")).expect("room for 3");
-    assert_eq!(a, vec![ip("10.244.1.64"), ip("10.244.1.65"), ip("10.244.1.66")]);
+    assert_eq!(
+        a,
+        vec![ip("10.244.1.64"), ip("10.244.1.65"), ip("10.244.1.66")]
+    );
     let c = b.allocate(2, &pod("c")).expect("room for 2");
     assert_eq!(c, vec![ip("10.244.1.67"), ip("10.244.1.68")]);
     let more_a = b.allocate(1, &pod("a")).expect("room for 1");
     assert_eq!(more_a, vec![ip("10.244.1.69")]);
 
     assert_eq!(b.spec.attributes.len(), 2, "one entry per owner");
-    assert_eq!(b.spec.allocations[..6], [Some(0), Some(0), Some(0), Some(1), Some(1), Some(0)]);
+    assert_eq!(
+        b.spec.allocations[..6],
+        [Some(0), Some(0), Some(0), Some(1), Some(1), Some(0)]
+    );
     assert_eq!(b.spec.unallocated[0], 6);
     assert_eq!(b.used_count(), 6);
     assert_eq!(b.free_count(), 58);
     assert_eq!(b.spec.sequence_number_for_allocation["5"], 7);
     assert_eq!(
         b.addresses_of_handle("a"),
-        vec![ip("10.244.1.64"), ip("10.244.1.65"), ip("10.244.1.66"), ip("10.244.1.69")]
+        vec![
+            ip("10.244.1.64"),
+            ip("10.244.1.65"),
+            ip("10.244.1.66"),
+            ip("10.244.1.69")
+        ]
     );
-    let owner = b.owner_of(ip("10.244.1.67")).expect("in block").expect("held");
+    let owner = b
+        .owner_of(ip("10.244.1.67"))
+        .expect("in block")
+        .expect("held");
     assert_eq!(owner.handle(), Some("c"));
     assert_eq!(owner.secondary[ATTRIBUTE_POD], "pod-c");
     assert!(!b.is_empty());
@@ -147,7 +167,10 @@ fn released_addresses_go_to_the_back_of_the_queue() {
         .release_address(ip("10.244.1.65"), &Release::Immediate)
         .expect("in block");
     assert_eq!(holder.as_deref(), Some("a"));
-    assert_eq!(b.spec.unallocated, vec![6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 1]);
+    assert_eq!(
+        b.spec.unallocated,
+        vec![6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 1]
+    );
     assert!(!b.spec.sequence_number_for_allocation.contains_key("1"));
 
     // Releasing again is not an error and changes nothing.
@@ -159,7 +182,10 @@ fn released_addresses_go_to_the_back_of_the_queue() {
     assert_eq!(b, before);
 
     // The next allocation does not reuse the released address while others are free.
-    assert_eq!(b.allocate(1, &pod("d")).expect("room"), vec![ip("10.244.1.70")]);
+    assert_eq!(
+        b.allocate(1, &pod("d")).expect("room"),
+        vec![ip("10.244.1.70")]
+    );
 }
 
 #[test]
@@ -169,16 +195,25 @@ fn releasing_a_handle_removes_its_entry_and_renumbers_the_rest() {
     b.allocate(2, &pod("c")).expect("room");
     b.allocate(1, &pod("a")).expect("room");
 
-    let released = b.release_handle("a", &Release::Immediate).expect("consistent");
-    assert_eq!(released, vec![ip("10.244.1.64"), ip("10.244.1.65"), ip("10.244.1.68")]);
+    let released = b
+        .release_handle("a", &Release::Immediate)
+        .expect("consistent");
+    assert_eq!(
+        released,
+        vec![ip("10.244.1.64"), ip("10.244.1.65"), ip("10.244.1.68")]
+    );
     assert_eq!(b.spec.attributes.len(), 1);
     assert_eq!(b.spec.attributes[0].handle(), Some("c"));
     assert_eq!(b.spec.allocations[2], Some(0));
     assert_eq!(b.spec.allocations[3], Some(0));
-    assert_eq!(&b.spec.unallocated[b.spec.unallocated.len() - 3..], &[0, 1, 4]);
+    assert_eq!(
+        &b.spec.unallocated[b.spec.unallocated.len() - 3..],
+        &[0, 1, 4]
+    );
 
     assert_eq!(b.release_handle("a", &Release::Immediate), Ok(vec![]));
-    b.release_handle("c", &Release::Immediate).expect("consistent");
+    b.release_handle("c", &Release::Immediate)
+        .expect("consistent");
     assert!(b.is_empty());
     assert!(b.spec.attributes.is_empty());
     assert_eq!(b.free_count(), 16);
@@ -187,7 +222,8 @@ fn releasing_a_handle_removes_its_entry_and_renumbers_the_rest() {
 #[test]
 fn specific_addresses() {
     let mut b = block("10.244.1.64/28");
-    b.allocate_address(ip("10.244.1.70"), &pod("a")).expect("free");
+    b.allocate_address(ip("10.244.1.70"), &pod("a"))
+        .expect("free");
     assert!(!b.spec.unallocated.contains(&6));
     assert_eq!(b.spec.allocations[6], Some(0));
 
@@ -295,17 +331,25 @@ fn windows_reservations_do_not_make_a_block_used() {
 #[test]
 fn handles_with_carriage_return_junk_match_their_clean_form() {
     let mut b = block("10.244.1.64/29");
-    b.allocate(1, &AllocationAttribute::new("abc\r\nnoise", BTreeMap::new()))
-        .expect("room");
+    b.allocate(
+        1,
+        &AllocationAttribute::new("abc\r\nnoise", BTreeMap::new()),
+    )
+    .expect("room");
     assert_eq!(b.addresses_of_handle("abc"), vec![ip("10.244.1.64")]);
-    assert_eq!(b.release_handle("abc", &Release::Immediate), Ok(vec![ip("10.244.1.64")]));
+    assert_eq!(
+        b.release_handle("abc", &Release::Immediate),
+        Ok(vec![ip("10.244.1.64")])
+    );
 }
 
 #[test]
 fn inconsistent_blocks_are_not_changed() {
     let mut b = block("10.244.1.64/29");
     b.spec.unallocated.push(3);
-    let err = b.allocate(1, &pod("a")).expect_err("ordinal 3 queued twice");
+    let err = b
+        .allocate(1, &pod("a"))
+        .expect_err("ordinal 3 queued twice");
     assert!(err.to_string().contains("lists ordinal 3 twice"), "{err}");
 
     let mut b = block("10.244.1.64/29");
@@ -316,8 +360,14 @@ fn inconsistent_blocks_are_not_changed() {
         .expect_err("dangling index");
     assert!(err.to_string().contains("points at attribute 4"), "{err}");
 
-    let errors = b.validate().expect_err("validation sees it too").to_string();
-    assert!(errors.contains("spec.allocations[2]: points at attribute 4"), "{errors}");
+    let errors = b
+        .validate()
+        .expect_err("validation sees it too")
+        .to_string();
+    assert!(
+        errors.contains("spec.allocations[2]: points at attribute 4"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -336,7 +386,10 @@ fn block_name_must_match_cidr() {
     let mut b = block("10.244.1.64/26");
     b.metadata.name = Some("my-block".to_owned());
     let text = b.validate().expect_err("wrong name").to_string();
-    assert!(text.contains("metadata.name: must be \"10-244-1-64-26\""), "{text}");
+    assert!(
+        text.contains("metadata.name: must be \"10-244-1-64-26\""),
+        "{text}"
+    );
 }
 
 /// One step of a random workload against a block of 16 addresses.
@@ -371,9 +424,16 @@ fn assert_invariants(b: &IPAMBlock, expected: &BTreeMap<usize, u8>) {
     assert_eq!(b.used_count() + b.free_count(), b.size());
 
     let referenced: BTreeSet<usize> = b.spec.allocations.iter().flatten().copied().collect();
-    assert_eq!(referenced, (0..b.spec.attributes.len()).collect::<BTreeSet<_>>());
+    assert_eq!(
+        referenced,
+        (0..b.spec.attributes.len()).collect::<BTreeSet<_>>()
+    );
     let distinct: BTreeSet<_> = b.spec.attributes.iter().map(|a| format!("{a:?}")).collect();
-    assert_eq!(distinct.len(), b.spec.attributes.len(), "owner entries are shared");
+    assert_eq!(
+        distinct.len(),
+        b.spec.attributes.len(),
+        "owner entries are shared"
+    );
 
     let held: BTreeMap<usize, String> = b
         .allocations()
@@ -382,10 +442,17 @@ fn assert_invariants(b: &IPAMBlock, expected: &BTreeMap<usize, u8>) {
             (ordinal, owner.handle().unwrap_or_default().to_owned())
         })
         .collect();
-    let wanted: BTreeMap<usize, String> =
-        expected.iter().map(|(&o, &owner)| (o, handle(owner))).collect();
+    let wanted: BTreeMap<usize, String> = expected
+        .iter()
+        .map(|(&o, &owner)| (o, handle(owner)))
+        .collect();
     assert_eq!(held, wanted);
-    let recorded: BTreeSet<String> = b.spec.sequence_number_for_allocation.keys().cloned().collect();
+    let recorded: BTreeSet<String> = b
+        .spec
+        .sequence_number_for_allocation
+        .keys()
+        .cloned()
+        .collect();
     let ordinals: BTreeSet<String> = expected.keys().map(usize::to_string).collect();
     assert_eq!(recorded, ordinals);
 }
@@ -435,7 +502,10 @@ fn run(cidr: &str, steps: &[Step]) {
                 let holder = b.release_address(address, &Release::Immediate);
                 assert_eq!(holder, Ok(expected.remove(&ordinal).map(handle)));
                 assert_eq!(b.owner_of(address), Ok(None));
-                assert!(b.spec.unallocated.contains(&ordinal), "released address is free");
+                assert!(
+                    b.spec.unallocated.contains(&ordinal),
+                    "released address is free"
+                );
             }
             Step::ReleaseHandle { owner } => {
                 let released = b

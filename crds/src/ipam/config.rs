@@ -18,6 +18,8 @@ pub const MAX_IP_COOLDOWN_SECONDS: i32 = 1200;
 
 /// Cluster-wide IPAM settings. There is one, named `default`; without it, nodes borrow
 /// from other nodes' blocks when their own are full and claim new blocks as needed.
+// Several printer columns share a `type_`; clippy takes that for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "crd.projectcalico.org",
@@ -98,7 +100,9 @@ impl IPAMConfigSpec {
 
     /// The block limit per node, `None` for no limit.
     pub fn block_limit(&self) -> Option<u32> {
-        u32::try_from(self.max_blocks_per_host).ok().filter(|&n| n > 0)
+        u32::try_from(self.max_blocks_per_host)
+            .ok()
+            .filter(|&n| n > 0)
     }
 }
 
@@ -190,9 +194,18 @@ mod tests {
                 ..IPAMConfigSpec::default()
             },
         );
-        let text = config.validate().expect_err("bad config is refused").to_string();
-        assert!(text.contains("metadata.name: must be \"default\""), "{text}");
-        assert!(text.contains("spec.maxBlocksPerHost: -1 is negative"), "{text}");
+        let text = config
+            .validate()
+            .expect_err("bad config is refused")
+            .to_string();
+        assert!(
+            text.contains("metadata.name: must be \"default\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.maxBlocksPerHost: -1 is negative"),
+            "{text}"
+        );
         assert!(text.contains("spec.ipCooldownSeconds: 5000"), "{text}");
 
         let good = IPAMConfig::new(IPAM_CONFIG_NAME, IPAMConfigSpec::default());

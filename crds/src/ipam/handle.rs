@@ -103,7 +103,10 @@ impl Validate for IPAMHandleSpec {
                 Ok(cidr) if cidr.trunc() == cidr => {}
                 Ok(cidr) => errors.push(
                     &field,
-                    format!("key {key:?} is not a block CIDR; did you mean {}?", cidr.trunc()),
+                    format!(
+                        "key {key:?} is not a block CIDR; did you mean {}?",
+                        cidr.trunc()
+                    ),
                 ),
                 Err(_) => errors.push(
                     &field,
@@ -162,7 +165,10 @@ mod tests {
         let mut handle = IPAMHandle::new_empty("h");
         handle.spec.block.insert("10.244.1.65/26".to_owned(), 1);
         handle.spec.block.insert("nonsense".to_owned(), 1);
-        let text = handle.validate().expect_err("bad keys are refused").to_string();
+        let text = handle
+            .validate()
+            .expect_err("bad keys are refused")
+            .to_string();
         assert!(text.contains("did you mean 10.244.1.64/26"), "{text}");
         assert!(text.contains("not a CIDR"), "{text}");
     }

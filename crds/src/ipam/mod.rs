@@ -82,8 +82,8 @@ mod tests {
     #[test]
     fn allocation_entries_are_nullable_integers() {
         let crd = serde_json::to_value(IPAMBlock::crd()).expect("crd serializes");
-        let items = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-            ["spec"]["properties"]["allocations"]["items"];
+        let items = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["allocations"]["items"];
         assert_eq!(items["type"], "integer");
         assert_eq!(items["nullable"], true);
     }
@@ -114,6 +114,9 @@ mod tests {
                 &mut missing,
             );
         }
-        assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
     }
 }

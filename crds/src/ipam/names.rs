@@ -138,7 +138,9 @@ fn base32_unpadded(bytes: &[u8]) -> String {
         }
     }
     if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 0x1f) as usize]));
+        out.push(char::from(
+            ALPHABET[((buffer << (5 - bits)) & 0x1f) as usize],
+        ));
     }
     out
 }
@@ -220,7 +222,10 @@ mod tests {
     fn hostname_hash_fits_a_label_value() {
         let hash = hostname_hash(&"x".repeat(253));
         assert_eq!(hash.len(), 52);
-        assert!(hash.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+        assert!(
+            hash.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
         // Vectors computed independently with Python's hashlib and base64.
         assert_eq!(
             hostname_hash(""),
