@@ -107,9 +107,7 @@ impl Expr {
                 negated,
             } => {
                 let found = target.label(key).is_some_and(|actual| {
-                    values
-                        .binary_search_by(|v| v.as_str().cmp(actual))
-                        .is_ok()
+                    values.binary_search_by(|v| v.as_str().cmp(actual)).is_ok()
                 });
                 found != *negated
             }
@@ -138,12 +136,12 @@ impl Expr {
     /// operand binds more loosely than `parent` would require, or when it is a
     /// comparison under `!` (where `!a == "b"` would read ambiguously to a person).
     fn fmt_operand(&self, parent: &Expr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let needs_parens = match (parent, self) {
-            (Expr::Not(_), Expr::Compare { .. } | Expr::In { .. }) => true,
-            (Expr::Not(_) | Expr::And(_), Expr::And(_) | Expr::Or(_)) => true,
-            (Expr::Or(_), Expr::Or(_)) => true,
-            _ => false,
-        };
+        let needs_parens = matches!(
+            (parent, self),
+            (Expr::Not(_), Expr::Compare { .. } | Expr::In { .. })
+                | (Expr::Not(_) | Expr::And(_), Expr::And(_) | Expr::Or(_))
+                | (Expr::Or(_), Expr::Or(_))
+        );
         if needs_parens {
             write!(f, "({self})")
         } else {

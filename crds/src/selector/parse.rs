@@ -139,7 +139,9 @@ impl<'a> Parser<'a> {
         if self.eat("not") {
             self.skip_whitespace();
             if !self.eat_word("in") {
-                return Err(self.error(format!("expected 'in' after 'not', found {}", self.found())));
+                return Err(
+                    self.error(format!("expected 'in' after 'not', found {}", self.found()))
+                );
             }
             return self.parse_in(key, true, "not in");
         }
@@ -159,7 +161,10 @@ impl<'a> Parser<'a> {
         if self.eat("ends") {
             self.skip_whitespace();
             if !self.eat_word("with") {
-                return Err(self.error(format!("expected 'with' after 'ends', found {}", self.found())));
+                return Err(self.error(format!(
+                    "expected 'with' after 'ends', found {}",
+                    self.found()
+                )));
             }
             return self.parse_compare(key, CompareOp::EndsWith);
         }
@@ -337,7 +342,11 @@ impl<'a> Parser<'a> {
 
     /// Describes what is at the current position, for messages.
     fn found(&self) -> String {
-        match self.input.get(self.pos..).and_then(|rest| rest.chars().next()) {
+        match self
+            .input
+            .get(self.pos..)
+            .and_then(|rest| rest.chars().next())
+        {
             None => "end of selector".to_owned(),
             Some(c) => format!("{c:?}"),
         }

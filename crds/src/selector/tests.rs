@@ -22,13 +22,10 @@ fn key() -> impl Strategy<Value = String> {
 
 /// Any text a quoted value can hold: anything but both kinds of quote at once.
 fn value() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-c'\" ]{0,6}",
-        any::<String>(),
-    ]
-    .prop_filter("a value cannot hold both quotes", |v| {
-        !(v.contains('"') && v.contains('\''))
-    })
+    prop_oneof!["[a-c'\" ]{0,6}", any::<String>(),]
+        .prop_filter("a value cannot hold both quotes", |v| {
+            !(v.contains('"') && v.contains('\''))
+        })
 }
 
 fn compare_op() -> impl Strategy<Value = CompareOp> {
@@ -117,8 +114,16 @@ fn token_soup() -> impl Strategy<Value = String> {
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop::collection::btree_map(
-        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("c".to_owned())],
-        prop_oneof![Just("x".to_owned()), Just("y".to_owned()), Just("xy".to_owned())],
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("c".to_owned())
+        ],
+        prop_oneof![
+            Just("x".to_owned()),
+            Just("y".to_owned()),
+            Just("xy".to_owned())
+        ],
         0..3,
     )
 }
@@ -235,7 +240,11 @@ fn precedence_builds_or_of_ands() {
 
 #[test]
 fn nesting_at_the_bound_is_accepted() {
-    let input = format!("{}has(a){}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+    let input = format!(
+        "{}has(a){}",
+        "(".repeat(MAX_NESTING),
+        ")".repeat(MAX_NESTING)
+    );
     assert!(Selector::parse(&input).is_ok());
     let input = format!("{}has(a)", "!".repeat(MAX_NESTING));
     assert!(Selector::parse(&input).is_ok());
