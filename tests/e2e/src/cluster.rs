@@ -843,9 +843,11 @@ fn kubernetes_arch() -> &'static str {
     }
 }
 
-/// `text` quoted for `sh`.
+/// `text` quoted for `sh` (left alone when it needs no quoting).
 pub fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
+    let plain = !text.is_empty()
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c));
+    if plain { text.to_string() } else { format!("'{}'", text.replace('\'', r"'\''")) }
 }
 
 fn create_dir(path: &Path) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! `tortie-cluster`: a local Kubernetes cluster whose nodes are network namespaces.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -45,7 +46,7 @@ enum NodeAction {
     /// Add a node: a network namespace on an underlay subnet and a Node object.
     Add {
         /// The node's name.
-        name: String,
+        node: String,
         /// The underlay subnet it sits on.
         #[arg(long, value_enum, default_value = "a")]
         subnet: Subnet,
@@ -56,13 +57,23 @@ enum NodeAction {
     /// Remove a node: its Node object, its namespace and its directory.
     Remove {
         /// The node's name.
-        name: String,
+        node: String,
     },
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ClusterConfig::for_name(&cli.name)?;
 
     match cli.command {
@@ -112,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 bail!("cluster {} is not healthy", cli.name);
             }
         }
-        Action::Node { action: NodeAction::Add { name, subnet, labels } } => {
+        Action::Node { action: NodeAction::Add { node: name, subnet, labels } } => {
             let mut cluster = Cluster::load(&config.dir)?;
             let labels: BTreeMap<String, String> = labels.into_iter().collect();
             let node = cluster.add_node(&name, subnet, &labels).await?;
@@ -120,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
             let prefix: Vec<String> = node.command_prefix().iter().map(|arg| cluster::shell_quote(arg)).collect();
             println!("  run on it: {} <command>", prefix.join(" "));
         }
-        Action::Node { action: NodeAction::Remove { name } } => {
+        Action::Node { action: NodeAction::Remove { node: name } } => {
             let mut cluster = Cluster::load(&config.dir)?;
             cluster.remove_node(&name).await?;
             println!("node {name} removed");
