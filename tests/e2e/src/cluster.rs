@@ -21,8 +21,13 @@ use crate::plan::{self, AddressPlan, MAX_CLUSTER_NAME, MAX_NODE_NAME, Subnet};
 use crate::process::{self, ProcessRecord, Stopped};
 
 /// The binaries `up` runs, looked up in the bin directory.
-pub const REQUIRED_BINARIES: [&str; 5] =
-    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
+pub const REQUIRED_BINARIES: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
 
 /// The Service range; its first address is the `kubernetes` Service.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -43,7 +48,13 @@ const POLL: Duration = Duration::from_millis(100);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Directories every node gets under `<cluster dir>/nodes/<name>/`.
-pub const NODE_DIRS: [&str; 5] = ["etc/cni/net.d", "opt/cni/bin", "var/run", "var/log", "var/lib"];
+pub const NODE_DIRS: [&str; 5] = [
+    "etc/cni/net.d",
+    "opt/cni/bin",
+    "var/run",
+    "var/log",
+    "var/lib",
+];
 
 /// The node directories that replace the machine's own inside a node's mount namespace.
 const NODE_BIND_MOUNTS: [&str; 4] = ["etc/cni/net.d", "opt/cni/bin", "var/run", "var/log"];
@@ -69,7 +80,11 @@ impl ClusterConfig {
         let dir = std::env::var_os("TORTIE_CLUSTER_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| default_cluster_dir(name));
-        Ok(ClusterConfig { name: name.to_string(), dir, bin_dir: bin_dir()? })
+        Ok(ClusterConfig {
+            name: name.to_string(),
+            dir,
+            bin_dir: bin_dir()?,
+        })
     }
 }
 
@@ -92,7 +107,10 @@ pub fn bin_dir() -> Result<PathBuf, Error> {
 
 /// The required binaries that `bin_dir` lacks.
 pub fn missing_binaries(bin_dir: &Path) -> Vec<&'static str> {
-    REQUIRED_BINARIES.into_iter().filter(|name| !bin_dir.join(name).is_file()).collect()
+    REQUIRED_BINARIES
+        .into_iter()
+        .filter(|name| !bin_dir.join(name).is_file())
+        .collect()
 }
 
 /// Everything a cluster made, written to `<cluster dir>/state.json` after every step.
@@ -183,7 +201,8 @@ impl Cluster {
     /// scheduler, and waits until the API server is ready and both controllers hold their
     /// leader leases. On failure it removes what it made and keeps the logs.
     pub async fn up(config: &ClusterConfig) -> Result<Cluster, Error> {
-        plan::validate_name("cluster", &config.name, MAX_CLUSTER_NAME).map_err(Error::InvalidName)?;
+        plan::validate_name("cluster", &config.name, MAX_CLUSTER_NAME)
+            .map_err(Error::InvalidName)?;
         let missing = missing_binaries(&config.bin_dir);
         if !missing.is_empty() {
             return Err(Error::MissingBinaries {
@@ -192,7 +211,10 @@ impl Cluster {
             });
         }
         if config.dir.join(STATE_FILE).exists() {
-            return Err(Error::AlreadyUp { name: config.name.clone(), dir: config.dir.clone() });
+            return Err(Error::AlreadyUp {
+                name: config.name.clone(),
+                dir: config.dir.clone(),
+            });
         }
 
         // A directory without state is what `down --keep` or a failed `up` left behind.
@@ -240,7 +262,9 @@ impl Cluster {
     pub fn load(dir: &Path) -> Result<Cluster, Error> {
         load_state(dir)?
             .map(|state| Cluster { state })
-            .ok_or_else(|| Error::NotUp { dir: dir.to_path_buf() })
+            .ok_or_else(|| Error::NotUp {
+                dir: dir.to_path_buf(),
+            })
     }
 
     /// Everything recorded about the cluster.
@@ -270,7 +294,11 @@ impl Cluster {
 
     /// The API server's URL, reachable from the root namespace and from every node.
     pub fn api_server_url(&self) -> Result<String, Error> {
-        Ok(format!("https://{}:{}", self.plan()?.root_address(), self.state.api_server_port))
+        Ok(format!(
+            "https://{}:{}",
+            self.plan()?.root_address(),
+            self.state.api_server_port
+        ))
     }
 
     /// The `kubectl` binary the cluster was made with.
@@ -304,13 +332,19 @@ impl Cluster {
     ) -> Result<NodeRecord, Error> {
         plan::validate_name("node", name, MAX_NODE_NAME).map_err(Error::InvalidName)?;
         if self.node(name).is_some() {
-            return Err(Error::NodeExists { cluster: self.state.name.clone(), node: name.into() });
+            return Err(Error::NodeExists {
+                cluster: self.state.name.clone(),
+                node: name.into(),
+            });
         }
         let plan = self.plan()?;
         let address = (0..)
             .map_while(|index| plan.node_address(subnet, index))
             .find(|address| self.state.nodes.iter().all(|node| node.address != *address))
-            .ok_or(Error::SubnetFull { cluster: self.state.name.clone(), subnet: subnet.letter() })?;
+            .ok_or(Error::SubnetFull {
+                cluster: self.state.name.clone(),
+                subnet: subnet.letter(),
+            })?;
         let node = NodeRecord {
             name: name.to_string(),
             netns: plan::node_netns(&self.state.name, name),
@@ -342,7 +376,10 @@ impl Cluster {
 
         // The local parts go even when the API server cannot be reached.
         let api = match self.client().await {
-            Ok(client) => match Api::<Node>::all(client).delete(name, &Default::default()).await {
+            Ok(client) => match Api::<Node>::all(client)
+                .delete(name, &Default::default())
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
                 Err(error) => Err(Error::Kube(error)),
@@ -358,15 +395,24 @@ impl Cluster {
 
     /// Processes, API readiness and nodes.
     pub async fn status(&self) -> Status {
-        let processes =
-            self.state.processes.iter().map(|process| (process.clone(), process.is_running())).collect();
+        let processes = self
+            .state
+            .processes
+            .iter()
+            .map(|process| (process.clone(), process.is_running()))
+            .collect();
         let api = match tokio::time::timeout(Duration::from_secs(5), self.api_readiness()).await {
             Ok(Ok(Readiness::Ready)) => Ok(()),
             Ok(Ok(Readiness::NotYet(why))) => Err(why),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("no answer within 5s".to_string()),
         };
-        Status { processes, api, nodes: self.state.nodes.clone(), kubeconfig: self.kubeconfig() }
+        Status {
+            processes,
+            api,
+            nodes: self.state.nodes.clone(),
+            kubeconfig: self.kubeconfig(),
+        }
     }
 
     async fn bring_up(&mut self, progress: &mut Progress) -> Result<(), Error> {
@@ -392,7 +438,8 @@ impl Cluster {
         // includes etcd.
         self.start_etcd()?;
         self.start_api_server()?;
-        self.wait_until("kube-apiserver /readyz", || self.api_readiness()).await?;
+        self.wait_until("kube-apiserver /readyz", || self.api_readiness())
+            .await?;
         progress.step(&format!("API server ready at {}", self.api_server_url()?));
 
         self.start_controller_manager()?;
@@ -401,7 +448,10 @@ impl Cluster {
         for lease in ["kube-controller-manager", "kube-scheduler"] {
             let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
             self.wait_until(&format!("{lease} to hold its leader lease"), || async {
-                let holder = leases.get_opt(lease).await?.and_then(|l| l.spec?.holder_identity);
+                let holder = leases
+                    .get_opt(lease)
+                    .await?
+                    .and_then(|l| l.spec?.holder_identity);
                 Ok(match holder {
                     Some(_) => Readiness::Ready,
                     None => Readiness::NotYet("no lease holder yet".to_string()),
@@ -427,7 +477,9 @@ impl Cluster {
             if netns::root_link_exists(&link) {
                 continue;
             }
-            match ip(&["link", "add", &link, "type", "veth", "peer", "name", "uplink", "netns", &underlay]) {
+            match ip(&[
+                "link", "add", &link, "type", "veth", "peer", "name", "uplink", "netns", &underlay,
+            ]) {
                 Ok(_) => {
                     claimed = Some(plan);
                     break;
@@ -453,11 +505,25 @@ impl Cluster {
         let router_uplink = format!("{}/30", plan.router_uplink_address());
         ip_in(&underlay, &["addr", "add", &router_uplink, "dev", "uplink"])?;
         ip_in(&underlay, &["link", "set", "uplink", "up"])?;
-        ip(&["addr", "add", &format!("{}/30", plan.root_address()), "dev", &link])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", plan.root_address()),
+            "dev",
+            &link,
+        ])?;
         ip(&["link", "set", &link, "up"])?;
         // Only this cluster's /22, never a default route or a pod range.
         let gateway = plan.router_uplink_address().to_string();
-        ip(&["route", "add", &plan.range().to_string(), "via", &gateway, "dev", &link])?;
+        ip(&[
+            "route",
+            "add",
+            &plan.range().to_string(),
+            "via",
+            &gateway,
+            "dev",
+            &link,
+        ])?;
         Ok(())
     }
 
@@ -487,9 +553,24 @@ impl Cluster {
         // Each control-plane client has its own identity, so RBAC's bootstrap roles apply.
         let server = self.api_server_url()?;
         let clients = [
-            ("admin", "kubernetes-admin", vec!["system:masters"], self.kubeconfig()),
-            ("controller-manager", "system:kube-controller-manager", vec![], pki.join("controller-manager.kubeconfig")),
-            ("scheduler", "system:kube-scheduler", vec![], pki.join("scheduler.kubeconfig")),
+            (
+                "admin",
+                "kubernetes-admin",
+                vec!["system:masters"],
+                self.kubeconfig(),
+            ),
+            (
+                "controller-manager",
+                "system:kube-controller-manager",
+                vec![],
+                pki.join("controller-manager.kubeconfig"),
+            ),
+            (
+                "scheduler",
+                "system:kube-scheduler",
+                vec![],
+                pki.join("scheduler.kubeconfig"),
+            ),
         ];
         for (stem, user, groups, kubeconfig) in clients {
             let issued = ca.issue_client(user, &groups)?;
@@ -525,7 +606,10 @@ impl Cluster {
         let file = |name: &str| pki.join(name).display().to_string();
         let mut command = Command::new(self.state.bin_dir.join("kube-apiserver"));
         command
-            .arg(format!("--etcd-servers=http://127.0.0.1:{}", self.state.etcd_client_port))
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.state.etcd_client_port
+            ))
             // Only the root namespace's underlay address: reachable from the root namespace
             // and, through the underlay router, from every node; not from the machine's
             // own interfaces.
@@ -538,7 +622,10 @@ impl Cluster {
             .arg("--authorization-mode=Node,RBAC")
             .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
             .arg(format!("--service-account-key-file={}", file("sa.pub")))
-            .arg(format!("--service-account-signing-key-file={}", file("sa.key")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                file("sa.key")
+            ))
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
             .arg(format!("--cert-dir={}", file("apiserver-generated")))
             .arg("--allow-privileged=true")
@@ -565,7 +652,10 @@ impl Cluster {
             .arg("--use-service-account-credentials=true")
             .arg("--allocate-node-cidrs=false")
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-            .arg(format!("--service-account-private-key-file={}", file("sa.key")))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                file("sa.key")
+            ))
             .arg(format!("--root-ca-file={}", file("ca.crt")))
             .arg(format!("--cluster-signing-cert-file={}", file("ca.crt")))
             .arg(format!("--cluster-signing-key-file={}", file("ca.key")))
@@ -574,7 +664,11 @@ impl Cluster {
     }
 
     fn start_scheduler(&mut self) -> Result<(), Error> {
-        let kubeconfig = self.pki_dir().join("scheduler.kubeconfig").display().to_string();
+        let kubeconfig = self
+            .pki_dir()
+            .join("scheduler.kubeconfig")
+            .display()
+            .to_string();
         let mut command = Command::new(self.state.bin_dir.join("kube-scheduler"));
         command
             .arg(format!("--kubeconfig={kubeconfig}"))
@@ -597,11 +691,40 @@ impl Cluster {
         netns::add_netns(&node.netns)?;
         let link = &node.underlay_link;
         // The node end is made inside the node namespace directly: no move between namespaces.
-        ip_in(underlay, &["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", &node.netns])?;
-        ip_in(underlay, &["link", "set", link, "master", &node.subnet.bridge(), "up"])?;
-        ip_in(&node.netns, &["addr", "add", &format!("{}/24", node.address), "dev", "eth0"])?;
+        ip_in(
+            underlay,
+            &[
+                "link",
+                "add",
+                link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &node.netns,
+            ],
+        )?;
+        ip_in(
+            underlay,
+            &["link", "set", link, "master", &node.subnet.bridge(), "up"],
+        )?;
+        ip_in(
+            &node.netns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", node.address),
+                "dev",
+                "eth0",
+            ],
+        )?;
         ip_in(&node.netns, &["link", "set", "eth0", "up"])?;
-        ip_in(&node.netns, &["route", "add", "default", "via", &node.gateway.to_string()])?;
+        ip_in(
+            &node.netns,
+            &["route", "add", "default", "via", &node.gateway.to_string()],
+        )?;
 
         for sub in NODE_DIRS {
             create_dir(&node.dir.join(sub))?;
@@ -618,7 +741,10 @@ impl Cluster {
         let mut labels = BTreeMap::from([
             ("kubernetes.io/hostname".to_string(), node.name.clone()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
-            ("kubernetes.io/arch".to_string(), kubernetes_arch().to_string()),
+            (
+                "kubernetes.io/arch".to_string(),
+                kubernetes_arch().to_string(),
+            ),
         ]);
         labels.extend(node.labels.clone());
         let object = Node {
@@ -644,7 +770,9 @@ impl Cluster {
                 }],
             }
         });
-        nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        nodes
+            .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
         Ok(())
     }
 
@@ -668,7 +796,12 @@ impl Cluster {
     {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(dead) = self.state.processes.iter().find(|process| !process.is_running()) {
+            if let Some(dead) = self
+                .state
+                .processes
+                .iter()
+                .find(|process| !process.is_running())
+            {
                 return Err(Error::Exited {
                     name: dead.name.clone(),
                     log: dead.log.clone(),
@@ -681,14 +814,20 @@ impl Cluster {
                 Err(error) => error.to_string(),
             };
             if Instant::now() >= deadline {
-                return Err(Error::Timeout { what: what.to_string(), timeout: READY_TIMEOUT, last });
+                return Err(Error::Timeout {
+                    what: what.to_string(),
+                    timeout: READY_TIMEOUT,
+                    last,
+                });
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
     fn plan(&self) -> Result<AddressPlan, Error> {
-        self.state.plan.ok_or_else(|| Error::NotUp { dir: self.state.dir.clone() })
+        self.state.plan.ok_or_else(|| Error::NotUp {
+            dir: self.state.dir.clone(),
+        })
     }
 
     fn save(&self) -> Result<(), Error> {
@@ -720,7 +859,10 @@ impl NodeRecord {
             let source = shell_quote(&self.dir.join(sub).to_string_lossy());
             script.push_str(&format!("mount --bind {source} /{sub}; "));
         }
-        script.push_str(&format!("hostname {}; exec \"$@\"", shell_quote(&self.name)));
+        script.push_str(&format!(
+            "hostname {}; exec \"$@\"",
+            shell_quote(&self.name)
+        ));
         [
             "ip",
             "netns",
@@ -800,7 +942,10 @@ pub fn down(dir: &Path, keep: bool) -> Result<DownReport, Error> {
 
 /// A client for the cluster a kubeconfig file points at.
 pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client, Error> {
-    let config_error = |message: String| Error::Kubeconfig { path: kubeconfig.to_path_buf(), message };
+    let config_error = |message: String| Error::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        message,
+    };
     let file = Kubeconfig::read_from(kubeconfig).map_err(|e| config_error(e.to_string()))?;
     let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
@@ -817,7 +962,10 @@ fn load_state(dir: &Path) -> Result<Option<ClusterState>, Error> {
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|error| Error::State { path, message: error.to_string() })
+        .map_err(|error| Error::State {
+            path,
+            message: error.to_string(),
+        })
 }
 
 /// Ports free right now on `address`, all different. Another program could take one
@@ -828,7 +976,10 @@ fn free_ports<const N: usize>(address: IpAddr) -> Result<[u16; N], Error> {
     for port in &mut ports {
         let listener = TcpListener::bind((address, 0))
             .map_err(|source| Error::io(Path::new(&address.to_string()), source))?;
-        *port = listener.local_addr().map_err(|source| Error::io(Path::new("socket"), source))?.port();
+        *port = listener
+            .local_addr()
+            .map_err(|source| Error::io(Path::new("socket"), source))?
+            .port();
         // Held until all are chosen, so the kernel cannot hand out one twice.
         listeners.push(listener);
     }
@@ -846,8 +997,14 @@ fn kubernetes_arch() -> &'static str {
 /// `text` quoted for `sh` (left alone when it needs no quoting).
 pub fn shell_quote(text: &str) -> String {
     let plain = !text.is_empty()
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c));
-    if plain { text.to_string() } else { format!("'{}'", text.replace('\'', r"'\''")) }
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 fn create_dir(path: &Path) -> Result<(), Error> {
@@ -872,7 +1029,11 @@ impl Progress {
     fn new(name: &str) -> Self {
         let now = Instant::now();
         eprintln!("[{name}] bringing the cluster up");
-        Progress { name: name.to_string(), start: now, last: now }
+        Progress {
+            name: name.to_string(),
+            start: now,
+            last: now,
+        }
     }
 
     fn step(&mut self, what: &str) {
@@ -887,7 +1048,11 @@ impl Progress {
     }
 
     fn done(&self) {
-        eprintln!("[{}] up in {:.1}s", self.name, self.start.elapsed().as_secs_f64());
+        eprintln!(
+            "[{}] up in {:.1}s",
+            self.name,
+            self.start.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -910,7 +1075,10 @@ mod tests {
         let prefix = node.command_prefix();
         assert_eq!(&prefix[..4], ["ip", "netns", "exec", "tortie_c_node_n1"]);
         let script = &prefix[11];
-        assert!(script.contains(r"mount --bind '/tmp/it'\''s/nodes/n1/var/run' /var/run;"), "{script}");
+        assert!(
+            script.contains(r"mount --bind '/tmp/it'\''s/nodes/n1/var/run' /var/run;"),
+            "{script}"
+        );
         assert!(script.ends_with("exec \"$@\""));
     }
 }

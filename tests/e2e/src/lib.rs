@@ -175,7 +175,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// `node add` of a name that exists.
-    #[error("node {node} already exists in cluster {cluster}; pick another name or remove it first")]
+    #[error(
+        "node {node} already exists in cluster {cluster}; pick another name or remove it first"
+    )]
     NodeExists {
         /// The cluster.
         cluster: String,
@@ -213,6 +215,9 @@ pub enum Error {
 
 impl Error {
     fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

@@ -23,9 +23,10 @@ pub fn ip_in(netns: &str, args: &[&str]) -> Result<String, Error> {
 /// Runs a command to completion; a non-zero exit is an error carrying its stderr.
 pub fn run(mut command: Command) -> Result<String, Error> {
     let line = command_line(&command);
-    let output = command
-        .output()
-        .map_err(|source| Error::Spawn { program: line.clone(), source })?;
+    let output = command.output().map_err(|source| Error::Spawn {
+        program: line.clone(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(Error::Command {
             command: line,
@@ -73,7 +74,15 @@ pub fn delete_root_link(name: &str) -> Result<(), Error> {
 /// Sets a sysctl inside a network namespace (`net.*` sysctls are per namespace).
 pub fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<(), Error> {
     let mut command = Command::new("ip");
-    command.args(["netns", "exec", netns, "sysctl", "-q", "-w", &format!("{key}={value}")]);
+    command.args([
+        "netns",
+        "exec",
+        netns,
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("{key}={value}"),
+    ]);
     run(command).map(drop)
 }
 

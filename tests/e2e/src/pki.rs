@@ -33,7 +33,10 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let params = ca_params(cluster);
         let cert_pem = params.self_signed(&key)?.pem();
-        Ok(CertificateAuthority { issuer: Issuer::new(params, key), cert_pem })
+        Ok(CertificateAuthority {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+        })
     }
 
     /// The CA written by [`CertificateAuthority::write`] into `dir`.
@@ -41,7 +44,10 @@ impl CertificateAuthority {
         let key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
         let cert_pem = read(&dir.join("ca.crt"))?;
         // Same subject and key, hence the same key identifier: what it signs chains to ca.crt.
-        Ok(CertificateAuthority { issuer: Issuer::new(ca_params(cluster), key), cert_pem })
+        Ok(CertificateAuthority {
+            issuer: Issuer::new(ca_params(cluster), key),
+            cert_pem,
+        })
     }
 
     /// Writes `ca.crt` and `ca.key` into `dir`.
@@ -56,7 +62,9 @@ impl CertificateAuthority {
         params.distinguished_name = common_name(dns_names.first().copied().unwrap_or("server"));
         params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
         for name in dns_names {
-            params.subject_alt_names.push(SanType::DnsName((*name).try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*name).try_into()?));
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params)
@@ -68,7 +76,9 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(user);
         for group in groups {
-            params.distinguished_name.push(DnType::OrganizationName, *group);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *group);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
@@ -78,7 +88,10 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 

@@ -207,7 +207,10 @@ mod tests {
             plan.node_address(Subnet::A, 0).map(|a| a.to_string()),
             Some("198.18.21.10".to_string())
         );
-        assert!(plan.node_address(Subnet::A, 244).is_some(), "x.x.x.254 is the last host");
+        assert!(
+            plan.node_address(Subnet::A, 244).is_some(),
+            "x.x.x.254 is the last host"
+        );
         assert_eq!(plan.node_address(Subnet::A, 245), None);
         for subnet in Subnet::ALL {
             assert!(range.contains(&plan.subnet(subnet)));
@@ -220,7 +223,9 @@ mod tests {
     fn link_names_fit_the_kernel_limit() {
         let plan = AddressPlan::new(SLOTS - 1).expect("the last slot exists");
         assert!(plan.root_link().len() <= 15);
-        let node = plan.node_address(Subnet::B, 244).expect("the last host exists");
+        let node = plan
+            .node_address(Subnet::B, 244)
+            .expect("the last host exists");
         assert!(node_underlay_link(Subnet::B, node).len() <= 15);
     }
 
@@ -236,7 +241,10 @@ mod tests {
     fn names_are_checked() {
         assert!(validate_name("cluster", "e2e-1", MAX_CLUSTER_NAME).is_ok());
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(25)] {
-            assert!(validate_name("cluster", bad, MAX_CLUSTER_NAME).is_err(), "{bad:?}");
+            assert!(
+                validate_name("cluster", bad, MAX_CLUSTER_NAME).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -61,21 +61,29 @@ pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<ProcessReco
         source,
     })?;
     let pid = child.id();
-    let start_time = read_stat(pid).map(|stat| stat.start_time).ok_or(Error::Spawn {
-        program: command.get_program().to_string_lossy().into_owned(),
-        source: std::io::Error::other("the process exited before its start time was read"),
-    })?;
+    let start_time = read_stat(pid)
+        .map(|stat| stat.start_time)
+        .ok_or(Error::Spawn {
+            program: command.get_program().to_string_lossy().into_owned(),
+            source: std::io::Error::other("the process exited before its start time was read"),
+        })?;
 
     // Reap it when it exits, so it does not linger as a zombie while this process lives.
     std::thread::spawn(move || child.wait());
 
-    Ok(ProcessRecord { name: name.to_string(), pid, start_time, log: log.to_path_buf() })
+    Ok(ProcessRecord {
+        name: name.to_string(),
+        pid,
+        start_time,
+        log: log.to_path_buf(),
+    })
 }
 
 impl ProcessRecord {
     /// True while the recorded process runs: same PID, same start time, not a zombie.
     pub fn is_running(&self) -> bool {
-        read_stat(self.pid).is_some_and(|stat| stat.start_time == self.start_time && stat.state != 'Z')
+        read_stat(self.pid)
+            .is_some_and(|stat| stat.start_time == self.start_time && stat.state != 'Z')
     }
 
     /// Sends SIGTERM, waits up to `grace` for the process to exit, then sends SIGKILL.
@@ -94,7 +102,10 @@ impl ProcessRecord {
         if self.wait_exit(KILL_WAIT) {
             return Ok(Stopped::Killed);
         }
-        Err(Error::Stuck { name: self.name.clone(), pid: self.pid })
+        Err(Error::Stuck {
+            name: self.name.clone(),
+            pid: self.pid,
+        })
     }
 
     /// The last `lines` lines of the log, for error messages.
@@ -108,7 +119,10 @@ impl ProcessRecord {
         let pid = i32::try_from(self.pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
-            .ok_or(Error::Stuck { name: self.name.clone(), pid: self.pid })?;
+            .ok_or(Error::Stuck {
+                name: self.name.clone(),
+                pid: self.pid,
+            })?;
         match rustix::process::kill_process(pid, signal) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(errno) => Err(Error::Signal {
@@ -160,14 +174,32 @@ mod tests {
         let record = spawn("sleep", command, &dir.join("sleep.log")).expect("sleep starts");
         assert!(record.is_running());
 
-        let reused = ProcessRecord { start_time: record.start_time + 1, ..record.clone() };
-        assert!(!reused.is_running(), "a different start time means a different process");
-        assert_eq!(reused.stop(Duration::from_secs(1)).expect("no signal sent"), Stopped::AlreadyGone);
-        assert!(record.is_running(), "the mismatched record must not have touched it");
+        let reused = ProcessRecord {
+            start_time: record.start_time + 1,
+            ..record.clone()
+        };
+        assert!(
+            !reused.is_running(),
+            "a different start time means a different process"
+        );
+        assert_eq!(
+            reused.stop(Duration::from_secs(1)).expect("no signal sent"),
+            Stopped::AlreadyGone
+        );
+        assert!(
+            record.is_running(),
+            "the mismatched record must not have touched it"
+        );
 
-        assert_eq!(record.stop(Duration::from_secs(5)).expect("sleep stops"), Stopped::Terminated);
+        assert_eq!(
+            record.stop(Duration::from_secs(5)).expect("sleep stops"),
+            Stopped::Terminated
+        );
         assert!(!record.is_running());
-        assert_eq!(record.stop(Duration::from_secs(1)).expect("idempotent"), Stopped::AlreadyGone);
+        assert_eq!(
+            record.stop(Duration::from_secs(1)).expect("idempotent"),
+            Stopped::AlreadyGone
+        );
         std::fs::remove_dir_all(&dir).expect("temp dir is removable");
     }
 }

@@ -14,7 +14,12 @@ use tortie_e2e::{Cluster, ClusterConfig, Subnet, cluster};
 #[command(version)]
 struct Cli {
     /// The cluster's name. Clusters with different names can be up at once.
-    #[arg(long, global = true, default_value = "tortie", env = "TORTIE_CLUSTER_NAME")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "tortie",
+        env = "TORTIE_CLUSTER_NAME"
+    )]
     name: String,
     #[command(subcommand)]
     command: Action,
@@ -123,15 +128,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("cluster {} is not healthy", cli.name);
             }
         }
-        Action::Node { action: NodeAction::Add { node: name, subnet, labels } } => {
+        Action::Node {
+            action:
+                NodeAction::Add {
+                    node: name,
+                    subnet,
+                    labels,
+                },
+        } => {
             let mut cluster = Cluster::load(&config.dir)?;
             let labels: BTreeMap<String, String> = labels.into_iter().collect();
             let node = cluster.add_node(&name, subnet, &labels).await?;
-            println!("node {} added: {} on subnet {}, netns {}", node.name, node.address, subnet.letter(), node.netns);
-            let prefix: Vec<String> = node.command_prefix().iter().map(|arg| cluster::shell_quote(arg)).collect();
+            println!(
+                "node {} added: {} on subnet {}, netns {}",
+                node.name,
+                node.address,
+                subnet.letter(),
+                node.netns
+            );
+            let prefix: Vec<String> = node
+                .command_prefix()
+                .iter()
+                .map(|arg| cluster::shell_quote(arg))
+                .collect();
             println!("  run on it: {} <command>", prefix.join(" "));
         }
-        Action::Node { action: NodeAction::Remove { node: name } } => {
+        Action::Node {
+            action: NodeAction::Remove { node: name },
+        } => {
             let mut cluster = Cluster::load(&config.dir)?;
             cluster.remove_node(&name).await?;
             println!("node {name} removed");
