@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -60,6 +61,18 @@ pub const NODE_DIRS: [&str; 5] = [
 const NODE_BIND_MOUNTS: [&str; 4] = ["etc/cni/net.d", "opt/cni/bin", "var/run", "var/log"];
 
 const STATE_FILE: &str = "state.json";
+
+/// What a cluster directory holds. Only these are ever removed from it, so a
+/// `TORTIE_CLUSTER_DIR` that holds other files too loses none of them.
+const CLUSTER_DIR_ENTRIES: [&str; 7] = [
+    STATE_FILE,
+    "state.json.tmp",
+    "kubeconfig",
+    "logs",
+    "pki",
+    "nodes",
+    "etcd",
+];
 
 /// Where a cluster lives and which binaries it runs.
 #[derive(Clone, Debug)]
@@ -127,6 +140,10 @@ pub struct ClusterState {
     pub underlay_netns: String,
     /// The claimed addresses; `None` until the root veth exists.
     pub plan: Option<AddressPlan>,
+    /// The root namespace's veth into the underlay; `None` until it exists.
+    pub root_link: Option<String>,
+    /// The networks of the plan, for people reading this file: `range`, `uplink`, `a`, `b`.
+    pub networks: BTreeMap<String, Ipv4Net>,
     /// etcd's client port on 127.0.0.1.
     pub etcd_client_port: u16,
     /// etcd's peer port on 127.0.0.1.
@@ -218,7 +235,7 @@ impl Cluster {
         }
 
         // A directory without state is what `down --keep` or a failed `up` left behind.
-        remove_dir_if_present(&config.dir)?;
+        clear_cluster_dir(&config.dir, false)?;
         for sub in ["logs", "pki", "nodes"] {
             create_dir(&config.dir.join(sub))?;
         }
@@ -229,6 +246,8 @@ impl Cluster {
                 bin_dir: config.bin_dir.clone(),
                 underlay_netns: plan::underlay_netns(&config.name),
                 plan: None,
+                root_link: None,
+                networks: BTreeMap::new(),
                 etcd_client_port: 0,
                 etcd_peer_port: 0,
                 api_server_port: 0,
@@ -491,6 +510,13 @@ impl Cluster {
         }
         let plan = claimed.ok_or(Error::NoFreeSlot)?;
         self.state.plan = Some(plan);
+        self.state.root_link = Some(plan.root_link());
+        self.state.networks = BTreeMap::from([
+            ("range".to_string(), plan.range()),
+            ("uplink".to_string(), plan.uplink()),
+            ("a".to_string(), plan.subnet(Subnet::A)),
+            ("b".to_string(), plan.subnet(Subnet::B)),
+        ]);
         self.save()?;
 
         for subnet in Subnet::ALL {
@@ -899,7 +925,7 @@ pub fn down(dir: &Path, keep: bool) -> Result<DownReport, Error> {
     let mut report = DownReport::default();
     let Some(state) = load_state(dir)? else {
         if !keep {
-            remove_dir_if_present(dir)?;
+            clear_cluster_dir(dir, true)?;
         }
         return Ok(report);
     };
@@ -914,9 +940,8 @@ pub fn down(dir: &Path, keep: bool) -> Result<DownReport, Error> {
     }
     let mut namespaces: Vec<&str> = state.nodes.iter().map(|node| node.netns.as_str()).collect();
     namespaces.push(&state.underlay_netns);
-    if let Some(plan) = state.plan {
+    if let Some(link) = state.root_link {
         // Deleting the root end takes the underlay end along.
-        let link = plan.root_link();
         match netns::delete_root_link(&link) {
             Ok(()) => report.links.push(link),
             Err(error) => failures.push(error.to_string()),
@@ -935,7 +960,7 @@ pub fn down(dir: &Path, keep: bool) -> Result<DownReport, Error> {
     let state_file = dir.join(STATE_FILE);
     std::fs::remove_file(&state_file).map_err(|source| Error::io(&state_file, source))?;
     if !keep {
-        remove_dir_if_present(dir)?;
+        clear_cluster_dir(dir, true)?;
     }
     Ok(report)
 }
@@ -1009,6 +1034,35 @@ pub fn shell_quote(text: &str) -> String {
 
 fn create_dir(path: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(path).map_err(|source| Error::io(path, source))
+}
+
+/// Removes what a cluster puts in its directory, then the directory itself if asked and
+/// empty.
+fn clear_cluster_dir(dir: &Path, remove_dir: bool) -> Result<(), Error> {
+    for entry in CLUSTER_DIR_ENTRIES {
+        let path = dir.join(entry);
+        if path.is_dir() {
+            remove_dir_if_present(&path)?;
+        } else if let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io(&path, error));
+        }
+    }
+    if !remove_dir {
+        return Ok(());
+    }
+    match std::fs::remove_dir(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            eprintln!(
+                "left {} in place: it holds files the cluster did not make",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(dir, error)),
+        _ => Ok(()),
+    }
 }
 
 fn remove_dir_if_present(path: &Path) -> Result<(), Error> {

@@ -108,7 +108,13 @@ async fn cluster_with_nodes_rbac_controllers_and_clean_teardown() {
 
     // RBAC: a service account with no bindings may not list secrets; the admin may.
     first.kubectl(&["create", "namespace", "rbac-check"]);
-    first.kubectl(&["create", "serviceaccount", "nobody", "-n", "rbac-check"]);
+    let applied = first.apply_yaml(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: nobody\n  namespace: rbac-check\n",
+    );
+    assert!(
+        applied.contains("serviceaccount/nobody created"),
+        "{applied}"
+    );
     let as_nobody = "--as=system:serviceaccount:rbac-check:nobody";
     let denied = first.kubectl_output(&[
         "auth",
