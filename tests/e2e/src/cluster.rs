@@ -999,12 +999,9 @@ fn free_ports<const N: usize>(address: IpAddr) -> Result<[u16; N], Error> {
     let mut listeners = Vec::with_capacity(N);
     let mut ports = [0; N];
     for port in &mut ports {
-        let listener = TcpListener::bind((address, 0))
-            .map_err(|source| Error::io(Path::new(&address.to_string()), source))?;
-        *port = listener
-            .local_addr()
-            .map_err(|source| Error::io(Path::new("socket"), source))?
-            .port();
+        let no_port = |source| Error::NoFreePort { address, source };
+        let listener = TcpListener::bind((address, 0)).map_err(no_port)?;
+        *port = listener.local_addr().map_err(no_port)?.port();
         // Held until all are chosen, so the kernel cannot hand out one twice.
         listeners.push(listener);
     }

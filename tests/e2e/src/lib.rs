@@ -129,6 +129,14 @@ pub enum Error {
         /// Where the state was looked for.
         dir: PathBuf,
     },
+    /// No port could be picked for a control-plane process.
+    #[error("no free TCP port on {address}: {source}")]
+    NoFreePort {
+        /// The address a port was wanted on.
+        address: std::net::IpAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// Every slot of 198.18.0.0/15 is taken.
     #[error(
         "no free underlay slot: all {} /22s of 198.18.0.0/15 have a tortie-s* link in the \
