@@ -2,9 +2,10 @@
 //! when it panics), `kubectl`, and waiting for conditions.
 //!
 //! Environment:
-//! - `TORTIE_E2E_KUBECONFIG` (or else `KUBECONFIG`): use that cluster (for example kind)
-//!   instead of starting one; [`TestCluster::start`] only. Tests then run against whatever
-//!   that kubeconfig points at, so point it at a throwaway cluster.
+//! - `TORTIE_E2E_KUBECONFIG`: use that cluster (for example kind) instead of starting one;
+//!   [`TestCluster::start`] only. Tests then run against whatever that kubeconfig points
+//!   at, so point it at a throwaway cluster. A plain `KUBECONFIG` is deliberately ignored:
+//!   tests must never touch a person's everyday cluster by accident.
 //! - `TORTIE_E2E_REQUIRE=1`: a missing prerequisite (root, control-plane binaries) fails
 //!   the test instead of skipping it.
 //! - `TORTIE_BIN_DIR`: where the control-plane binaries are (default: the build cache).
@@ -32,12 +33,10 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// The cluster named by `TORTIE_E2E_KUBECONFIG`/`KUBECONFIG`, or else a fresh local one.
+    /// The cluster named by `TORTIE_E2E_KUBECONFIG`, or else a fresh local one.
     /// `None` means the test is skipped (the reason is printed).
     pub async fn start(test: &str) -> Option<TestCluster> {
-        let external = ["TORTIE_E2E_KUBECONFIG", "KUBECONFIG"]
-            .iter()
-            .find_map(|var| std::env::var_os(var).filter(|value| !value.is_empty()));
+        let external = std::env::var_os("TORTIE_E2E_KUBECONFIG").filter(|value| !value.is_empty());
         match external {
             Some(kubeconfig) => {
                 eprintln!(
