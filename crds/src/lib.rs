@@ -3,5 +3,6 @@
 //! and the operator, and the pure IPAM block logic.
 #![forbid(unsafe_code)]
 
+pub mod policy;
 pub mod selector;
 pub mod validation;
