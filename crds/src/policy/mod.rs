@@ -45,11 +45,11 @@ pub use rule::{
 /// single object grows without limit.
 pub const MAX_SELECTOR_LEN: usize = 4096;
 /// Most rules per direction of one policy (bounds the CEL cost estimate).
-pub const MAX_RULES_PER_DIRECTION: usize = 500;
+pub const MAX_RULES_PER_DIRECTION: usize = 256;
 /// Most entries in one `nets` or `notNets` list of a rule (bounds the CEL cost estimate).
-pub const MAX_NETS_PER_ENTITY: usize = 256;
+pub const MAX_NETS_PER_ENTITY: usize = 128;
 /// Most entries in one `ports` or `notPorts` list of a rule (bounds the CEL cost estimate).
-pub const MAX_PORTS_PER_ENTITY: usize = 256;
+pub const MAX_PORTS_PER_ENTITY: usize = 64;
 /// Most CIDRs in one network set.
 pub const MAX_NETS_PER_SET: usize = 10_000;
 /// Longest CIDR string: the longest IPv6 form with a prefix is 49 characters.

@@ -57,7 +57,7 @@ const PREDNAT_TYPES_MESSAGE: &str =
 
 /// Ordered rules for the pods of one namespace.
 ///
-/// Known limitation: each direction holds at most 500 rules, so the API server's cost
+/// Known limitation: each direction holds at most 256 rules, so the API server's cost
 /// estimate for the CEL rules stays within its budget.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[kube(
@@ -127,7 +127,7 @@ pub struct NetworkPolicySpec {
 
 /// Ordered rules for the whole cluster: pods of every namespace and host endpoints.
 ///
-/// Known limitation: each direction holds at most 500 rules, so the API server's cost
+/// Known limitation: each direction holds at most 256 rules, so the API server's cost
 /// estimate for the CEL rules stays within its budget.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[kube(

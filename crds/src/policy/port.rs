@@ -10,23 +10,22 @@ use crate::validation::{FieldPath, Validate, ValidationErrors};
 /// Longest port name; Kubernetes container port names follow the IANA service name rules.
 pub const MAX_PORT_NAME_LEN: usize = 15;
 
-/// CEL: a port number is in range.
-pub const PORT_NUMBER_RULE: &str = "type(self) != int || (self >= 0 && self <= 65535)";
-/// CEL: a port number written as a string is in range.
-pub const PORT_NUMBER_STRING_RULE: &str = "type(self) != string || !self.matches('^[0-9]+$') \
-     || (size(self) <= 5 && int(self) <= 65535)";
-/// CEL: a range `min:max` is ordered and in range.
-pub const PORT_RANGE_RULE: &str = "type(self) != string || !self.matches('^[0-9]+:[0-9]+$') \
-     || (size(self) <= 11 && self.matches('^[0-9]{1,5}:[0-9]{1,5}$') \
-     && int(self.find('^[0-9]+')) <= int(self.find('[0-9]+$')) \
-     && int(self.find('[0-9]+$')) <= 65535)";
-/// CEL: anything else is a port name.
-pub const PORT_NAME_RULE: &str = "type(self) != string || self.matches('^[0-9]+(:[0-9]+)?$') \
-     || (self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$') && self.matches('[a-z]'))";
+/// The shapes a port can take on the wire when it is a string: a number, a range or a name.
+pub const PORT_STRING_PATTERN: &str =
+    r"^([0-9]{1,5}(:[0-9]{1,5})?|[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?)$";
+/// CEL: a port written as a string is a number or an ordered range within 0..65535, or a
+/// name with at least one letter. The pattern has already fixed the shape, so this only
+/// compares numbers.
+pub const PORT_STRING_RULE: &str = "type(self) != string || \
+     (self.matches('^[0-9:]+$') ? \
+     (int(self.find('[0-9]+$')) <= 65535 && int(self.find('^[0-9]+')) <= int(self.find('[0-9]+$'))) \
+     : self.matches('[a-z]'))";
 
 const NUMBER_MESSAGE: &str = "port number must be from 0 to 65535";
 const RANGE_MESSAGE: &str =
     "port range must be \"min:max\" with both ends from 0 to 65535 and min <= max";
+const STRING_MESSAGE: &str = "port must be a number from 0 to 65535, a range \"min:max\" \
+     with min <= max <= 65535, or a port name with at least one letter";
 const NAME_MESSAGE: &str = "port name must be 1 to 15 lowercase letters, digits and '-', \
      with at least one letter, starting and ending with a letter or digit";
 
@@ -135,12 +134,12 @@ impl JsonSchema for Port {
             "description": "A port number (0-65535), a range \"min:max\" (both ends included), \
                 or the name of a port declared on the selected pods.",
             "x-kubernetes-int-or-string": true,
+            "minimum": 0,
+            "maximum": 65535,
             "maxLength": MAX_PORT_NAME_LEN,
+            "pattern": PORT_STRING_PATTERN,
             "x-kubernetes-validations": [
-                { "rule": PORT_NUMBER_RULE, "message": NUMBER_MESSAGE },
-                { "rule": PORT_NUMBER_STRING_RULE, "message": NUMBER_MESSAGE },
-                { "rule": PORT_RANGE_RULE, "message": RANGE_MESSAGE },
-                { "rule": PORT_NAME_RULE, "message": NAME_MESSAGE }
+                { "rule": PORT_STRING_RULE, "message": STRING_MESSAGE }
             ]
         })
     }

@@ -164,7 +164,7 @@ pub struct IcmpFields {
 
 /// The source or destination side of a rule. Every field that is set must match.
 ///
-/// Known limitation: a side holds at most 256 CIDRs and 256 ports per list, so the API
+/// Known limitation: a side holds at most 128 CIDRs and 64 ports per list, so the API
 /// server's cost estimate for the CEL rules stays within its budget; put longer address
 /// lists in a NetworkSet and select it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
