@@ -34,6 +34,8 @@ const PORT_NAME_MESSAGE: &str = "name must be 1 to 15 lowercase letters, digits 
 
 /// An interface of a node (or all of them, with `interfaceName: "*"`) that policy
 /// applies to, as if it were a pod.
+// kube takes one printcolumn(...) per column, so `type_` repeats by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[kube(
     group = "crd.projectcalico.org",
@@ -44,8 +46,16 @@ const PORT_NAME_MESSAGE: &str = "name must be 1 to 15 lowercase letters, digits 
     derive = "PartialEq",
     doc = "Calico HostEndpoint: a node's interface that policy protects like a pod.",
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
-    printcolumn(name = "Interface", type_ = "string", json_path = ".spec.interfaceName"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Interface",
+        type_ = "string",
+        json_path = ".spec.interfaceName"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -67,7 +77,7 @@ pub struct HostEndpointSpec {
     /// The interface's name, or `*` for every interface of the node. Unset means the
     /// interface is found by `expectedIPs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = INTERFACE_PATTERN))]
+    #[schemars(length(max = 15), regex(pattern = INTERFACE_PATTERN))]
     pub interface_name: Option<String>,
 
     /// Addresses the interface has. Policy uses them to match traffic to the endpoint
@@ -115,7 +125,10 @@ impl Validate for HostEndpointSpec {
             Some(_) => {}
         }
 
-        let has_interface = self.interface_name.as_deref().is_some_and(|s| !s.is_empty());
+        let has_interface = self
+            .interface_name
+            .as_deref()
+            .is_some_and(|s| !s.is_empty());
         if !has_interface && self.expected_ips.is_empty() {
             errors.push(&path.child("interfaceName"), INTERFACE_OR_IPS_MESSAGE);
         }

@@ -26,7 +26,7 @@ pub mod network_set;
 pub mod port;
 pub mod protocol;
 pub mod rule;
-mod schema;
+pub mod schema;
 
 pub use host_endpoint::{EndpointPort, HostEndpoint, HostEndpointSpec};
 pub use network_policy::{
@@ -115,7 +115,9 @@ pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, V
     })
 }
 
-fn check<T: DeserializeOwned + Validate>(value: &serde_json::Value) -> Result<(), ValidationErrors> {
+fn check<T: DeserializeOwned + Validate>(
+    value: &serde_json::Value,
+) -> Result<(), ValidationErrors> {
     from_value::<T>(value)?.validate()
 }
 
@@ -128,7 +130,8 @@ fn is_whole_object(value: &serde_json::Value) -> bool {
 pub fn is_dns_subdomain(name: &str) -> bool {
     let part_ok = |part: &str| {
         let b = part.as_bytes();
-        let end_ok = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let end_ok =
+            |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         end_ok(b.first())
             && end_ok(b.last())
             && b.iter()
@@ -171,7 +174,11 @@ pub(crate) fn check_nets(
     }
 }
 
-pub(crate) fn check_selector(selector: Option<&str>, path: &FieldPath, errors: &mut ValidationErrors) {
+pub(crate) fn check_selector(
+    selector: Option<&str>,
+    path: &FieldPath,
+    errors: &mut ValidationErrors,
+) {
     // Calico reads an empty selector as no selector.
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
         return;

@@ -49,16 +49,18 @@ const PREDNAT_DO_NOT_TRACK_MESSAGE: &str = "preDNAT and doNotTrack cannot both b
      untracked traffic never reaches the pre-DNAT stage; choose one";
 const DO_NOT_TRACK_FORWARD_MESSAGE: &str =
     "doNotTrack: true needs applyOnForward: true; set applyOnForward";
-const PREDNAT_FORWARD_MESSAGE: &str = "preDNAT: true needs applyOnForward: true; set applyOnForward";
+const PREDNAT_FORWARD_MESSAGE: &str =
+    "preDNAT: true needs applyOnForward: true; set applyOnForward";
 const PREDNAT_EGRESS_MESSAGE: &str =
     "egress must be empty when preDNAT is true: pre-DNAT policy only sees incoming traffic";
-const PREDNAT_TYPES_MESSAGE: &str =
-    "types must not contain Egress when preDNAT is true: pre-DNAT policy only sees incoming traffic";
+const PREDNAT_TYPES_MESSAGE: &str = "types must not contain Egress when preDNAT is true: pre-DNAT policy only sees incoming traffic";
 
 /// Ordered rules for the pods of one namespace.
 ///
 /// Known limitation: each direction holds at most 256 rules, so the API server's cost
 /// estimate for the CEL rules stays within its budget.
+// kube takes one printcolumn(...) per column, so `type_` repeats by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[kube(
     group = "crd.projectcalico.org",
@@ -73,10 +75,18 @@ const PREDNAT_TYPES_MESSAGE: &str =
            the pods of one namespace.",
     printcolumn(name = "Order", type_ = "number", json_path = ".spec.order"),
     printcolumn(name = "Selector", type_ = "string", json_path = ".spec.selector"),
-    printcolumn(name = "Programmed", type_ = "integer", json_path = ".status.nodesProgrammed",
-        description = "How many nodes enforce the current generation"),
+    printcolumn(
+        name = "Programmed",
+        type_ = "integer",
+        json_path = ".status.nodesProgrammed",
+        description = "How many nodes enforce the current generation"
+    ),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.summary"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
@@ -129,6 +139,8 @@ pub struct NetworkPolicySpec {
 ///
 /// Known limitation: each direction holds at most 256 rules, so the API server's cost
 /// estimate for the CEL rules stays within its budget.
+// kube takes one printcolumn(...) per column, so `type_` repeats by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[kube(
     group = "crd.projectcalico.org",
@@ -142,10 +154,18 @@ pub struct NetworkPolicySpec {
            of pods in every namespace and of host endpoints.",
     printcolumn(name = "Order", type_ = "number", json_path = ".spec.order"),
     printcolumn(name = "Selector", type_ = "string", json_path = ".spec.selector"),
-    printcolumn(name = "Programmed", type_ = "integer", json_path = ".status.nodesProgrammed",
-        description = "How many nodes enforce the current generation"),
+    printcolumn(
+        name = "Programmed",
+        type_ = "integer",
+        json_path = ".status.nodesProgrammed",
+        description = "How many nodes enforce the current generation"
+    ),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.summary"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -202,18 +222,18 @@ pub struct GlobalNetworkPolicySpec {
 
     /// Apply the rules before connection tracking, to host endpoints only, and skip
     /// tracking for what they allow. Needs applyOnForward; excludes preDNAT.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub do_not_track: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub do_not_track: Option<bool>,
 
     /// Apply the ingress rules to host endpoints before DNAT, so they see the original
     /// destination (a node port, say). Needs applyOnForward; no egress rules.
-    #[serde(default, rename = "preDNAT", skip_serializing_if = "std::ops::Not::not")]
-    pub pre_dnat: bool,
+    #[serde(default, rename = "preDNAT", skip_serializing_if = "Option::is_none")]
+    pub pre_dnat: Option<bool>,
 
     /// Also apply the policy to traffic a host endpoint forwards, not only to traffic
     /// from and to the host itself.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub apply_on_forward: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_on_forward: Option<bool>,
 
     /// Also require the pod's service account to match this selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,17 +293,11 @@ fn check_tier(tier: Option<&str>, path: &FieldPath, errors: &mut ValidationError
     }
 }
 
-fn check_rules(
-    rules: &[crate::policy::Rule],
-    path: &FieldPath,
-    errors: &mut ValidationErrors,
-) {
+fn check_rules(rules: &[crate::policy::Rule], path: &FieldPath, errors: &mut ValidationErrors) {
     if rules.len() > MAX_RULES_PER_DIRECTION {
         errors.push(
             path,
-            format!(
-                "at most {MAX_RULES_PER_DIRECTION} rules per direction; split the policy"
-            ),
+            format!("at most {MAX_RULES_PER_DIRECTION} rules per direction; split the policy"),
         );
     }
     for (i, rule) in rules.iter().enumerate() {
@@ -330,19 +344,22 @@ impl Validate for GlobalNetworkPolicySpec {
         check_rules(&self.ingress, &path.child("ingress"), errors);
         check_rules(&self.egress, &path.child("egress"), errors);
 
-        if self.pre_dnat && self.do_not_track {
+        let pre_dnat = self.pre_dnat.unwrap_or(false);
+        let do_not_track = self.do_not_track.unwrap_or(false);
+        let apply_on_forward = self.apply_on_forward.unwrap_or(false);
+        if pre_dnat && do_not_track {
             errors.push(&path.child("preDNAT"), PREDNAT_DO_NOT_TRACK_MESSAGE);
         }
-        if self.do_not_track && !self.apply_on_forward {
+        if do_not_track && !apply_on_forward {
             errors.push(&path.child("doNotTrack"), DO_NOT_TRACK_FORWARD_MESSAGE);
         }
-        if self.pre_dnat && !self.apply_on_forward {
+        if pre_dnat && !apply_on_forward {
             errors.push(&path.child("preDNAT"), PREDNAT_FORWARD_MESSAGE);
         }
-        if self.pre_dnat && !self.egress.is_empty() {
+        if pre_dnat && !self.egress.is_empty() {
             errors.push(&path.child("egress"), PREDNAT_EGRESS_MESSAGE);
         }
-        if self.pre_dnat && self.types.contains(&PolicyType::Egress) {
+        if pre_dnat && self.types.contains(&PolicyType::Egress) {
             errors.push(&path.child("types"), PREDNAT_TYPES_MESSAGE);
         }
     }

@@ -201,7 +201,10 @@ mod tests {
 
     #[test]
     fn writes_numbers_as_numbers_and_the_rest_as_strings() {
-        assert_eq!(serde_json::to_string(&Port::Number(53)).ok(), Some("53".into()));
+        assert_eq!(
+            serde_json::to_string(&Port::Number(53)).ok(),
+            Some("53".into())
+        );
         let range = Port::Range { min: 1, max: 9 };
         assert_eq!(serde_json::to_string(&range).ok(), Some(r#""1:9""#.into()));
     }
@@ -211,7 +214,15 @@ mod tests {
         assert!(port(r#""200:100""#).validate().is_err());
         assert!(port(r#""100:100""#).validate().is_ok());
         assert!(port(r#""web-8080""#).validate().is_ok());
-        for bad in ["1:2:3", "Http", "-web", "web-", "1234", "a_b", "averyveryverylongname"] {
+        for bad in [
+            "1:2:3",
+            "Http",
+            "-web",
+            "web-",
+            "1234",
+            "a_b",
+            "averyveryverylongname",
+        ] {
             assert!(
                 Port::Named(bad.into()).validate().is_err(),
                 "{bad:?} must not be a port name"

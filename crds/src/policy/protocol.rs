@@ -160,14 +160,18 @@ impl de::Visitor<'_> for ProtocolVisitor {
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Protocol, E> {
         match u8::try_from(v) {
             Ok(n) if n != 0 => Ok(Protocol::Number(n)),
-            _ => Err(E::custom(format!("{v} is not a protocol: {PROTOCOL_MESSAGE}"))),
+            _ => Err(E::custom(format!(
+                "{v} is not a protocol: {PROTOCOL_MESSAGE}"
+            ))),
         }
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Protocol, E> {
         match u64::try_from(v) {
             Ok(v) => self.visit_u64(v),
-            Err(_) => Err(E::custom(format!("{v} is not a protocol: {PROTOCOL_MESSAGE}"))),
+            Err(_) => Err(E::custom(format!(
+                "{v} is not a protocol: {PROTOCOL_MESSAGE}"
+            ))),
         }
     }
 

@@ -349,13 +349,17 @@ impl Rule {
         if protocol.is_icmp_v6() && version != 6 {
             errors.push(
                 &path.child("ipVersion"),
-                format!("ipVersion must be 6 (or unset) when protocol is {protocol}, not {version}"),
+                format!(
+                    "ipVersion must be 6 (or unset) when protocol is {protocol}, not {version}"
+                ),
             );
         }
         if protocol.is_icmp_v4() && version != 4 {
             errors.push(
                 &path.child("ipVersion"),
-                format!("ipVersion must be 4 (or unset) when protocol is {protocol}, not {version}"),
+                format!(
+                    "ipVersion must be 4 (or unset) when protocol is {protocol}, not {version}"
+                ),
             );
         }
     }
@@ -378,9 +382,7 @@ impl Rule {
             if !ports.is_empty() {
                 errors.push(
                     &side_path.child(list),
-                    format!(
-                        "{side_name}.{list} with {protocol}: ports {PORTS_MESSAGE_TAIL}"
-                    ),
+                    format!("{side_name}.{list} with {protocol}: ports {PORTS_MESSAGE_TAIL}"),
                 );
             }
         }

@@ -3,15 +3,14 @@
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
-use super::{MAX_NETS_PER_ENTITY, MAX_NETS_PER_SET, MAX_NET_LEN};
+use super::{MAX_NET_LEN, MAX_NETS_PER_ENTITY, MAX_NETS_PER_SET};
 
 /// CEL on a CIDR entry.
 pub const CIDR_OR_IP_RULE: &str = "isCIDR(self) || isIP(self)";
 /// CEL on an IP address entry.
 pub const IP_RULE: &str = "isIP(self)";
 
-const CIDR_MESSAGE: &str =
-    "must be a CIDR such as 10.0.0.0/8 or fd00::/8, or a single IP address";
+const CIDR_MESSAGE: &str = "must be a CIDR such as 10.0.0.0/8 or fd00::/8, or a single IP address";
 const IP_MESSAGE: &str = "must be an IP address such as 10.0.0.1 or fd00::1";
 
 fn string_list(
