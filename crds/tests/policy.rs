@@ -15,10 +15,7 @@ use tortie_crds::{
         },
         port::{PORT_STRING_PATTERN, PORT_STRING_RULE, Port},
         protocol::PROTOCOL_RULE,
-        rule::{
-            DESTINATION_PORTS_RULE, ICMP_VERSION_RULE, ICMPV6_VERSION_RULE, SOURCE_PORTS_RULE,
-            family_rule,
-        },
+        rule::{ICMP_VERSION_RULE, ICMPV6_VERSION_RULE, family_rule, ports_rule},
         schema::{CIDR_OR_IP_RULE, IP_RULE},
         validate_value,
     },
@@ -1287,8 +1284,6 @@ fn rule_schema_carries_its_cel_rules() {
         let spec = spec_schema(kind);
         for direction in ["ingress", "egress"] {
             let rule = &spec["properties"][direction]["items"];
-            assert!(has_rule(rule, SOURCE_PORTS_RULE, ".source"));
-            assert!(has_rule(rule, DESTINATION_PORTS_RULE, ".destination"));
             assert!(has_rule(rule, ICMPV6_VERSION_RULE, ".ipVersion"));
             assert!(has_rule(rule, ICMP_VERSION_RULE, ".ipVersion"));
             for side in ["source", "destination"] {
@@ -1299,6 +1294,8 @@ fn rule_schema_carries_its_cel_rules() {
                     assert!(has_rule(&entity[list]["items"], CIDR_OR_IP_RULE, ""));
                 }
                 for list in ["ports", "notPorts"] {
+                    let path = format!(".{side}.{list}");
+                    assert!(has_rule(rule, &ports_rule(side, list), &path), "{path}");
                     let port = &rule["properties"][side]["properties"][list]["items"];
                     assert_eq!(port["x-kubernetes-int-or-string"], true);
                     assert_eq!(port["pattern"], PORT_STRING_PATTERN);

@@ -27,20 +27,20 @@ pub enum Action {
     Pass,
 }
 
-/// CEL on a rule: ports in `source` need a protocol that has ports.
-pub const SOURCE_PORTS_RULE: &str = "!has(self.source) || \
-     ((!has(self.source.ports) || size(self.source.ports) == 0) && \
-     (!has(self.source.notPorts) || size(self.source.notPorts) == 0)) || \
-     (has(self.protocol) && (type(self.protocol) == string ? \
-     self.protocol in ['TCP', 'UDP', 'SCTP', 'UDPLite', '6', '17', '132', '136'] : \
-     self.protocol in [6, 17, 132, 136]))";
-/// CEL on a rule: ports in `destination` need a protocol that has ports.
-pub const DESTINATION_PORTS_RULE: &str = "!has(self.destination) || \
-     ((!has(self.destination.ports) || size(self.destination.ports) == 0) && \
-     (!has(self.destination.notPorts) || size(self.destination.notPorts) == 0)) || \
-     (has(self.protocol) && (type(self.protocol) == string ? \
-     self.protocol in ['TCP', 'UDP', 'SCTP', 'UDPLite', '6', '17', '132', '136'] : \
-     self.protocol in [6, 17, 132, 136]))";
+/// CEL on a rule: `<side>.<list>` (ports or notPorts) needs a protocol that has ports.
+pub fn ports_rule(side: &str, list: &str) -> String {
+    format!(
+        "!has(self.{side}) || !has(self.{side}.{list}) || size(self.{side}.{list}) == 0 || \
+         (has(self.protocol) && (type(self.protocol) == string ? \
+         self.protocol in ['TCP', 'UDP', 'SCTP', 'UDPLite', '6', '17', '132', '136'] : \
+         self.protocol in [6, 17, 132, 136]))"
+    )
+}
+
+fn ports_message(side: &str, list: &str) -> String {
+    format!("{side}.{list} {PORTS_MESSAGE_TAIL}")
+}
+
 /// CEL on a rule: ICMPv6 only with IPv6.
 pub const ICMPV6_VERSION_RULE: &str = "!has(self.ipVersion) || !has(self.protocol) || \
      self.ipVersion == 6 || !(self.protocol == 'ICMPv6' || self.protocol == 58 || \
@@ -76,12 +76,18 @@ const PORTS_MESSAGE_TAIL: &str = "need protocol TCP, UDP, SCTP or UDPLite (or 6,
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new(SOURCE_PORTS_RULE)
-        .message(format!("source.ports and source.notPorts {PORTS_MESSAGE_TAIL}").as_str())
-        .field_path(".source"),
-    validation = Rule::new(DESTINATION_PORTS_RULE)
-        .message(format!("destination.ports and destination.notPorts {PORTS_MESSAGE_TAIL}").as_str())
-        .field_path(".destination"),
+    validation = Rule::new(ports_rule("source", "ports"))
+        .message(ports_message("source", "ports").as_str())
+        .field_path(".source.ports"),
+    validation = Rule::new(ports_rule("source", "notPorts"))
+        .message(ports_message("source", "notPorts").as_str())
+        .field_path(".source.notPorts"),
+    validation = Rule::new(ports_rule("destination", "ports"))
+        .message(ports_message("destination", "ports").as_str())
+        .field_path(".destination.ports"),
+    validation = Rule::new(ports_rule("destination", "notPorts"))
+        .message(ports_message("destination", "notPorts").as_str())
+        .field_path(".destination.notPorts"),
     validation = Rule::new(ICMPV6_VERSION_RULE)
         .message("ipVersion must be 6 (or unset) when protocol is ICMPv6")
         .field_path(".ipVersion"),
