@@ -4,6 +4,12 @@
 //!
 //! Field names and wire formats follow Calico's v3 API, a superset of v3.8, so manifests
 //! written for Calico apply unchanged.
+//!
+//! Known limitation: CEL cannot parse Calico's selector language, so the API server stores
+//! a policy with a malformed selector; [`Validate`] refuses it, and the operator reports it
+//! in the policy's status.
+
+#![warn(missing_docs)]
 
 use std::net::IpAddr;
 

@@ -35,12 +35,17 @@ const NAME_MESSAGE: &str = "port name must be 1 to 15 lowercase letters, digits 
 /// any other string is the name of a port declared on the selected pods (`"http"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Port {
+    /// One port.
     Number(u16),
-    /// Both ends included. Parsing keeps an inverted range so validation can name it.
+    /// Every port from `min` to `max`, both included. Parsing keeps an inverted range so
+    /// validation can name it.
     Range {
+        /// The first port of the range.
         min: u16,
+        /// The last port of the range.
         max: u16,
     },
+    /// A port the selected pods declare under this name.
     Named(String),
 }
 

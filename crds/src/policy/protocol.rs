@@ -20,11 +20,17 @@ pub const PROTOCOL_MESSAGE: &str = "protocol must be one of TCP, UDP, ICMP, ICMP
 /// A protocol Calico knows by name. Names are case-sensitive on the wire, as in Calico v3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolName {
+    /// `TCP` (6).
     Tcp,
+    /// `UDP` (17).
     Udp,
+    /// `ICMP` (1), ICMP for IPv4.
     Icmp,
+    /// `ICMPv6` (58).
     IcmpV6,
+    /// `SCTP` (132).
     Sctp,
+    /// `UDPLite` (136).
     UdpLite,
 }
 
@@ -69,7 +75,9 @@ impl ProtocolName {
 /// A number written as a string (`"17"`) is read as that number and written back as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
+    /// A protocol written by name.
     Named(ProtocolName),
+    /// A protocol written by number (1..255).
     Number(u8),
 }
 
@@ -77,6 +85,7 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{input:?} is not a protocol: {PROTOCOL_MESSAGE}")]
 pub struct ProtocolParseError {
+    /// The text that is not a protocol.
     pub input: String,
 }
 
