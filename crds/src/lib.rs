@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ipam;
+pub mod policy;
 pub mod selector;
 pub mod validation;
