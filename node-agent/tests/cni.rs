@@ -464,3 +464,108 @@ fn dual_stack_pods_get_both_families() {
     node.cni("DEL", Some(&b), &config).success();
     node.assert_clean();
 }
+
+/// Removes `/var/lib/cni` (libcni's result cache) on drop if the test created it.
+struct CacheDirGuard {
+    created: bool,
+}
+
+impl Drop for CacheDirGuard {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_dir_all("/var/lib/cni");
+        }
+    }
+}
+
+#[test]
+fn cnitool_adds_and_deletes_through_a_conflist() {
+    if !can_run("cnitool_adds_and_deletes_through_a_conflist") {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/e2e/scripts/build-control-plane.sh"
+    );
+    let bin_dir = Command::new("bash")
+        .args([script, "--print-dir"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cnitool = std::path::Path::new(&bin_dir).join("cnitool");
+    if !cnitool.is_file() {
+        println!(
+            "skipping cnitool_adds_and_deletes_through_a_conflist: {} is not built (run tests/e2e/scripts/build-control-plane.sh)",
+            cnitool.display()
+        );
+        return;
+    }
+    let _cache = CacheDirGuard {
+        created: !std::path::Path::new("/var/lib/cni").exists(),
+    };
+
+    let node = Node::new();
+    let plugins = node.dir.path().join("bin");
+    let confs = node.dir.path().join("net.d");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    std::fs::create_dir_all(&confs).expect("conf dir");
+    std::os::unix::fs::symlink(support::PLUGIN, plugins.join("tortie-cni")).expect("symlink");
+    std::os::unix::fs::symlink(
+        format!("{}/host-local", support::REFERENCE_PLUGINS),
+        plugins.join("host-local"),
+    )
+    .expect("symlink");
+    let mut plugin = node.default_config("1.0.0");
+    let plugin_object = plugin.as_object_mut().expect("config is an object");
+    plugin_object.remove("cniVersion");
+    plugin_object.remove("name");
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": node.network,
+        "plugins": [plugin],
+    });
+    std::fs::write(
+        confs.join("10-tortie.conflist"),
+        serde_json::to_vec_pretty(&conflist).expect("encodes"),
+    )
+    .expect("conflist written");
+
+    let pod = Pod::new("tool");
+    let run = |verb: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &node.netns.name])
+            .arg(&cnitool)
+            .args([verb, &node.network, &pod.netns.path().display().to_string()])
+            .env("NETCONFPATH", &confs)
+            .env("CNI_PATH", &plugins)
+            .output()
+            .expect("cnitool runs")
+    };
+
+    let add = run("add");
+    assert!(
+        add.status.success(),
+        "cnitool add failed: {}{}",
+        String::from_utf8_lossy(&add.stdout),
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let result: Value = serde_json::from_slice(&add.stdout).expect("cnitool prints the result");
+    let address = result["ips"][0]["address"].as_str().expect("address");
+    assert_eq!(pod.address().as_deref(), Some(address));
+    assert_eq!(node.pod_links().len(), 1);
+
+    let check = run("check");
+    assert!(
+        check.status.success(),
+        "cnitool check failed: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let del = run("del");
+    assert!(
+        del.status.success(),
+        "cnitool del failed: {}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    node.assert_clean();
+}

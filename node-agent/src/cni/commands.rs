@@ -29,10 +29,10 @@ pub fn add(invocation: &Invocation, config: &ParsedConfig) -> Result<CniResult, 
     let allocation = ipam.add(request)?;
 
     let outcome = wire_allocation(invocation, config, &allocation);
-    if outcome.is_err() {
-        if let Err(error) = ipam.del(request) {
-            tracing::warn!(container = %invocation.container_id, error = %error, "rollback could not release the addresses");
-        }
+    if outcome.is_err()
+        && let Err(error) = ipam.del(request)
+    {
+        tracing::warn!(container = %invocation.container_id, error = %error, "rollback could not release the addresses");
     }
     outcome
 }

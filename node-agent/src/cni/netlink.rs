@@ -168,19 +168,25 @@ where
     let namespace = open_netns(netns)?;
     std::thread::scope(|scope| {
         let thread = scope.spawn(move || {
-            nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(|error| {
-                CniError::new(
-                    ErrorCode::Namespace,
-                    format!("could not enter network namespace {}", netns.display()),
-                )
-                .with_details(error.to_string())
-            })?;
+            join_netns(&namespace, netns)?;
             let netlink = Netlink::connect()?;
             work(&netlink)
         });
         thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Moves the calling thread into the network namespace `namespace` (opened from `path`).
+/// Only for threads that are discarded afterwards.
+pub fn join_netns(namespace: &File, path: &Path) -> Result<(), CniError> {
+    nix::sched::setns(namespace, CloneFlags::CLONE_NEWNET).map_err(|error| {
+        CniError::new(
+            ErrorCode::Namespace,
+            format!("could not enter network namespace {}", path.display()),
+        )
+        .with_details(error.to_string())
     })
 }
 

@@ -5,12 +5,11 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
 use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
-use nix::sched::CloneFlags;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha1::{Digest, Sha1};
 
@@ -103,7 +102,7 @@ pub fn wire(host: &Netlink, plan: &Plan) -> Result<Wired, CniError> {
 fn finish_wiring(host: &Netlink, plan: &Plan, namespace: File) -> Result<Wired, CniError> {
     std::thread::scope(|scope| {
         let pod_side = scope.spawn(move || {
-            join_netns(&namespace, &plan.netns)?;
+            netlink::join_netns(&namespace, &plan.netns)?;
             let pod = Netlink::connect()?;
             configure_pod(&pod, plan)
         });
@@ -542,16 +541,6 @@ pub fn collect_stale_links(
         }
     }
     Ok(removed)
-}
-
-fn join_netns(namespace: &File, path: &Path) -> Result<(), CniError> {
-    nix::sched::setns(namespace, CloneFlags::CLONE_NEWNET).map_err(|error| {
-        CniError::new(
-            ErrorCode::Namespace,
-            format!("could not enter network namespace {}", path.display()),
-        )
-        .with_details(error.to_string())
-    })
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<(), CniError> {
