@@ -569,3 +569,37 @@ fn cnitool_adds_and_deletes_through_a_conflist() {
     );
     node.assert_clean();
 }
+
+#[test]
+fn a_new_sandbox_of_the_same_pod_replaces_the_stale_veth() {
+    if !can_run("a_new_sandbox_of_the_same_pod_replaces_the_stale_veth") {
+        return;
+    }
+    let node = Node::new();
+    let config = node.default_config("1.0.0");
+    let old = Pod::new("restarted");
+    let mut new = Pod::new("restarted");
+    new.name = old.name.clone();
+
+    let old_result = node.cni("ADD", Some(&old), &config).success();
+    let new_result = node.cni("ADD", Some(&new), &config).success();
+    let host_name = new_result["interfaces"][0]["name"].as_str().expect("name");
+    assert_eq!(
+        old_result["interfaces"][0]["name"], host_name,
+        "same pod, same veth name"
+    );
+    assert_eq!(node.pod_links().len(), 1, "the stale veth was replaced");
+
+    // The runtime's late DEL of the old sandbox must not touch the new one's veth.
+    node.cni("DEL", Some(&old), &config).success();
+    assert_eq!(node.pod_links(), vec![host_name.to_owned()]);
+    let new_ip = pod_ip(&new_result);
+    assert!(
+        node.tortie_routes().iter().any(|r| r.starts_with(&new_ip)),
+        "{:?}",
+        node.tortie_routes()
+    );
+
+    node.cni("DEL", Some(&new), &config).success();
+    node.assert_clean();
+}
