@@ -3,5 +3,7 @@
 //! and the operator, and the pure IPAM block logic.
 #![forbid(unsafe_code)]
 
+pub mod fields;
+pub mod ippool;
 pub mod selector;
 pub mod validation;
