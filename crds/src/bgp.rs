@@ -1,7 +1,6 @@
 //! BGP: the cluster-wide `BGPConfiguration`, extra sessions in `BGPPeer`, and the BGP
 //! fields Calico keeps on a node (`NodeSpec`, not a CRD of its own here).
 
-use k8s_openapi::api::core::v1::SecretKeySelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -172,7 +171,7 @@ pub struct BGPConfigurationSpec {
 
     /// Interfaces whose routes are not exported, as names or `*` patterns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = MAX_BGP_LIST))]
+    #[schemars(length(max = MAX_BGP_LIST), inner(length(min = 1, max = 15)))]
     pub ignored_interfaces: Vec<String>,
 
     /// The IPv4 address a node answers on when its local workloads peer with it.
@@ -244,6 +243,21 @@ pub struct BgpPassword {
     /// The Secret and key holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeySelector>,
+}
+
+/// A key of a Secret, in the shape of Kubernetes' own `SecretKeySelector`, with bounds on
+/// its strings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(max = 253))]
+    pub key: String,
+    /// Whether a missing Secret or key is tolerated (the session then has no password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 /// Which addresses the BGP daemon listens on.
