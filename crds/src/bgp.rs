@@ -1,14 +1,15 @@
 //! BGP: the cluster-wide `BGPConfiguration`, extra sessions in `BGPPeer`, and the BGP
 //! fields Calico keeps on a node (`NodeSpec`, not a CRD of its own here).
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy reads as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::fields::{
-    self, AsNumber, Family, GoDuration, MAX_ADDRESS_LENGTH, MAX_SELECTOR_LENGTH,
-};
+use crate::fields::{self, AsNumber, Family, GoDuration, MAX_ADDRESS_LENGTH, MAX_SELECTOR_LENGTH};
 use crate::validation::{FieldPath, Validate, ValidationErrors};
 
 /// Most service ranges, communities or prefix advertisements one configuration holds; the
@@ -81,14 +82,23 @@ const WORKLOAD_PEER_MESSAGE: &str = "localWorkloadSelector: peering with local w
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "BGPConfiguration",
     plural = "bgpconfigurations",
     singular = "bgpconfiguration",
     doc = "Cluster-wide BGP settings: AS number, node-to-node mesh, listen port and the service ranges to advertise.",
     printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
-    printcolumn(name = "Mesh", type_ = "boolean", json_path = ".spec.nodeToNodeMeshEnabled"),
+    printcolumn(
+        name = "Mesh",
+        type_ = "boolean",
+        json_path = ".spec.nodeToNodeMeshEnabled"
+    ),
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.listenPort"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(prefix_communities_rule()).message(PREFIX_COMMUNITIES_MESSAGE).field_path(".prefixAdvertisements"))]
@@ -96,7 +106,10 @@ pub struct BGPConfigurationSpec {
     /// Log level of the BGP daemon: Trace, Debug, Info, Warning, Error or Fatal (any case).
     /// Default Info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16), regex(pattern = "^(?i)(Trace|Debug|Info|Warning|Error|Fatal)?$"))]
+    #[schemars(
+        length(max = 16),
+        regex(pattern = "^(?i)(Trace|Debug|Info|Warning|Error|Fatal)?$")
+    )]
     pub log_severity_screen: Option<String>,
 
     /// Whether every node peers with every other node. Default true.
@@ -285,16 +298,25 @@ pub enum Toggle {
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "BGPPeer",
     plural = "bgppeers",
     singular = "bgppeer",
     status = "BGPPeerStatus",
     doc = "An extra BGP session: with a router outside the cluster, or between selected nodes.",
     printcolumn(name = "Peer IP", type_ = "string", json_path = ".spec.peerIP"),
-    printcolumn(name = "Peer Selector", type_ = "string", json_path = ".spec.peerSelector"),
+    printcolumn(
+        name = "Peer Selector",
+        type_ = "string",
+        json_path = ".spec.peerSelector"
+    ),
     printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
     printcolumn(name = "Scope", type_ = "string", json_path = ".status.scope"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -326,7 +348,11 @@ pub struct BGPPeerSpec {
     pub as_number: Option<AsNumber>,
 
     /// The AS number this side uses for the session, instead of the node's.
-    #[serde(default, rename = "localASNumber", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "localASNumber",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub local_as_number: Option<AsNumber>,
 
     /// Peer with the Calico nodes this selector picks, instead of one address.
@@ -362,7 +388,11 @@ pub struct BGPPeerSpec {
     pub num_allowed_local_as_numbers: Option<i32>,
 
     /// Hops to the peer for the TTL security check (GTSM); unset turns it off.
-    #[serde(default, rename = "ttlSecurity", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ttlSecurity",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_security: Option<u8>,
 
     /// Gateway through which the peer is reached; a /32 (or /128) route to the peer via it
@@ -458,11 +488,19 @@ pub struct NodeSpec {
     pub bgp: Option<NodeBGPSpec>,
 
     /// Address of the node's VXLAN tunnel interface (IPv4).
-    #[serde(default, rename = "ipv4VXLANTunnelAddr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4VXLANTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_vxlan_tunnel_addr: Option<String>,
 
     /// MAC address of the node's VXLAN tunnel interface (IPv4).
-    #[serde(default, rename = "vxlanTunnelMACAddr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "vxlanTunnelMACAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vxlan_tunnel_mac_addr: Option<String>,
 }
 
@@ -474,15 +512,27 @@ pub struct NodeBGPSpec {
     pub as_number: Option<AsNumber>,
 
     /// The node's IPv4 address with its subnet's prefix length, such as `192.0.2.10/24`.
-    #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4Address",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_address: Option<String>,
 
     /// The node's IPv6 address with its subnet's prefix length.
-    #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv6Address",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv6_address: Option<String>,
 
     /// Address of the node's IPIP tunnel interface.
-    #[serde(default, rename = "ipv4IPIPTunnelAddr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4IPIPTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_ipip_tunnel_addr: Option<String>,
 
     /// Cluster ID when this node is a route reflector, written as an IPv4 address.
@@ -574,7 +624,12 @@ impl Validate for BGPConfigurationSpec {
                 fields::check_masked_cidr(&block.cidr, &at, errors);
             }
         }
-        check_list_len(self.communities.len(), MAX_BGP_LIST, &path.child("communities"), errors);
+        check_list_len(
+            self.communities.len(),
+            MAX_BGP_LIST,
+            &path.child("communities"),
+            errors,
+        );
         for (i, c) in self.communities.iter().enumerate() {
             let at = path.child("communities").index(i);
             if c.name.is_empty() {
@@ -585,7 +640,12 @@ impl Validate for BGPConfigurationSpec {
             }
         }
         let prefixes = path.child("prefixAdvertisements");
-        check_list_len(self.prefix_advertisements.len(), MAX_BGP_LIST, &prefixes, errors);
+        check_list_len(
+            self.prefix_advertisements.len(),
+            MAX_BGP_LIST,
+            &prefixes,
+            errors,
+        );
         for (i, p) in self.prefix_advertisements.iter().enumerate() {
             let at = prefixes.index(i);
             fields::check_masked_cidr(&p.cidr, &at.child("cidr"), errors);
@@ -643,13 +703,21 @@ fn is_community_value(s: &str) -> bool {
     if !is_community_value_text(s) {
         return false;
     }
-    let limit: u64 = if s.split(':').count() == 2 { 65535 } else { 4_294_967_295 };
-    s.split(':').all(|p| p.parse::<u64>().is_ok_and(|n| n <= limit))
+    let limit: u64 = if s.split(':').count() == 2 {
+        65535
+    } else {
+        4_294_967_295
+    };
+    s.split(':')
+        .all(|p| p.parse::<u64>().is_ok_and(|n| n <= limit))
 }
 
 fn check_list_len(len: usize, max: u32, path: &FieldPath, errors: &mut ValidationErrors) {
     if len > max as usize {
-        errors.push(path, format!("has {len} entries; at most {max} are allowed"));
+        errors.push(
+            path,
+            format!("has {len} entries; at most {max} are allowed"),
+        );
     }
 }
 
@@ -786,7 +854,9 @@ fn check_interface_address(
         ),
         None => errors.push(
             path,
-            format!("{value:?} is not an address with optional prefix length, such as 192.0.2.10/24"),
+            format!(
+                "{value:?} is not an address with optional prefix length, such as 192.0.2.10/24"
+            ),
         ),
     }
 }

@@ -73,8 +73,11 @@ mod tests {
 
     #[test]
     fn a_bad_enum_value_names_its_field() {
-        let result = validate_value("IPPoolSpec", &json!({"cidr": "10.0.0.0/16", "ipipMode": "x"}))
-            .expect("IPPoolSpec is a known kind");
+        let result = validate_value(
+            "IPPoolSpec",
+            &json!({"cidr": "10.0.0.0/16", "ipipMode": "x"}),
+        )
+        .expect("IPPoolSpec is a known kind");
         let errors = result.expect_err("x is not an IPIP mode");
         assert_eq!(errors.0[0].field.as_str(), "spec.ipipMode", "{errors}");
     }
@@ -85,7 +88,10 @@ mod tests {
         let errors = validate_value("FelixConfigurationSpec", &value)
             .expect("known kind")
             .expect_err("a port is a number");
-        assert_eq!(errors.0[0].field.as_str(), "spec.failsafeInboundHostPorts[1].port");
+        assert_eq!(
+            errors.0[0].field.as_str(),
+            "spec.failsafeInboundHostPorts[1].port"
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! written (the schema preserves unknown fields) so a configuration copied from a Calico
 //! cluster applies unchanged.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy reads as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
@@ -55,14 +58,23 @@ const ROUTE_TABLE_RANGE_MESSAGE: &str =
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "FelixConfiguration",
     plural = "felixconfigurations",
     singular = "felixconfiguration",
     doc = "Data-path settings for all nodes (default) or one node (node.<name>): MTU, encapsulation ports, log level, failsafe ports and more.",
-    printcolumn(name = "Log Level", type_ = "string", json_path = ".spec.logSeverityScreen"),
+    printcolumn(
+        name = "Log Level",
+        type_ = "string",
+        json_path = ".spec.logSeverityScreen"
+    ),
     printcolumn(name = "VXLAN", type_ = "boolean", json_path = ".spec.vxlanEnabled"),
     printcolumn(name = "IPIP", type_ = "boolean", json_path = ".spec.ipipEnabled"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
@@ -102,7 +114,11 @@ pub struct FelixConfigurationSpec {
     pub vxlan_mtu: Option<i32>,
 
     /// MTU of the IPv6 VXLAN device; 0 detects it.
-    #[serde(default, rename = "vxlanMTUV6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "vxlanMTUV6",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 0, max = 65535))]
     pub vxlan_mtu_v6: Option<i32>,
 
@@ -112,17 +128,29 @@ pub struct FelixConfigurationSpec {
     pub ipip_mtu: Option<i32>,
 
     /// MTU of the IPv4 WireGuard device; 0 detects it.
-    #[serde(default, rename = "wireguardMTU", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "wireguardMTU",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 0, max = 65535))]
     pub wireguard_mtu: Option<i32>,
 
     /// MTU of the IPv6 WireGuard device; 0 detects it.
-    #[serde(default, rename = "wireguardMTUV6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "wireguardMTUV6",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 0, max = 65535))]
     pub wireguard_mtu_v6: Option<i32>,
 
     /// Whether IPv4 VXLAN is set up; unset lets the pools decide.
-    #[serde(default, rename = "vxlanEnabled", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "vxlanEnabled",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vxlan_enabled: Option<bool>,
 
     /// UDP port of VXLAN traffic. Default 4789.
@@ -136,7 +164,11 @@ pub struct FelixConfigurationSpec {
     pub vxlan_vni: Option<i32>,
 
     /// Whether IPIP is set up; unset lets the pools decide.
-    #[serde(default, rename = "ipipEnabled", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipipEnabled",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipip_enabled: Option<bool>,
 
     /// Whether WireGuard encryption of IPv4 pod traffic is on.
@@ -144,7 +176,11 @@ pub struct FelixConfigurationSpec {
     pub wireguard_enabled: Option<bool>,
 
     /// Whether WireGuard encryption of IPv6 pod traffic is on.
-    #[serde(default, rename = "wireguardEnabledV6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "wireguardEnabledV6",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub wireguard_enabled_v6: Option<bool>,
 
     /// UDP port WireGuard listens on (IPv4). Default 51820.
@@ -293,15 +329,26 @@ pub struct FelixConfigurationSpec {
     /// OpenStack region, for deployments that share one Calico datastore across regions;
     /// a DNS label of at most 63 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63), regex(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"))]
+    #[schemars(
+        length(max = 63),
+        regex(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$")
+    )]
     pub openstack_region: Option<String>,
 
     /// Whether the eBPF data path is used instead of the kernel's packet filter.
-    #[serde(default, rename = "bpfEnabled", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "bpfEnabled",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub bpf_enabled: Option<bool>,
 
     /// Log level of the eBPF programs: Off, Info or Debug.
-    #[serde(default, rename = "bpfLogLevel", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "bpfLogLevel",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 16), regex(pattern = BPF_LOG_LEVEL_PATTERN))]
     pub bpf_log_level: Option<String>,
 
@@ -315,7 +362,11 @@ pub struct FelixConfigurationSpec {
     pub bpf_external_service_mode: Option<String>,
 
     /// Reverse-path filtering of the eBPF data path: Disabled, Strict or Loose.
-    #[serde(default, rename = "bpfEnforceRPF", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "bpfEnforceRPF",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 16), regex(pattern = RPF_MODE_PATTERN))]
     pub bpf_enforce_rpf: Option<String>,
 
@@ -359,7 +410,11 @@ pub struct FelixConfigurationSpec {
     pub reporting_interval: Option<GoDuration>,
 
     /// How long a status report stays valid.
-    #[serde(default, rename = "reportingTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "reportingTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reporting_ttl: Option<GoDuration>,
 
     /// Ranges of node ports Kubernetes services use, so policy can treat them specially.
@@ -384,7 +439,11 @@ pub struct FelixConfigurationSpec {
     pub program_cluster_routes: Option<Toggle>,
 
     /// Whether IP forwarding is switched on on the node.
-    #[serde(default, rename = "ipForwarding", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipForwarding",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_forwarding: Option<Toggle>,
 
     /// Whether pods may send VXLAN packets themselves.
@@ -485,20 +544,56 @@ impl Validate for FelixConfigurationSpec {
                 &self.default_endpoint_to_host_action,
                 DROP_ACCEPT_RETURN,
             ),
-            ("iptablesMangleAllowAction", &self.iptables_mangle_allow_action, ACCEPT_RETURN),
-            ("iptablesFilterAllowAction", &self.iptables_filter_allow_action, ACCEPT_RETURN),
-            ("iptablesFilterDenyAction", &self.iptables_filter_deny_action, DROP_REJECT),
-            ("nftablesFilterAllowAction", &self.nftables_filter_allow_action, ACCEPT_RETURN),
-            ("nftablesMangleAllowAction", &self.nftables_mangle_allow_action, ACCEPT_RETURN),
-            ("nftablesFilterDenyAction", &self.nftables_filter_deny_action, DROP_REJECT),
+            (
+                "iptablesMangleAllowAction",
+                &self.iptables_mangle_allow_action,
+                ACCEPT_RETURN,
+            ),
+            (
+                "iptablesFilterAllowAction",
+                &self.iptables_filter_allow_action,
+                ACCEPT_RETURN,
+            ),
+            (
+                "iptablesFilterDenyAction",
+                &self.iptables_filter_deny_action,
+                DROP_REJECT,
+            ),
+            (
+                "nftablesFilterAllowAction",
+                &self.nftables_filter_allow_action,
+                ACCEPT_RETURN,
+            ),
+            (
+                "nftablesMangleAllowAction",
+                &self.nftables_mangle_allow_action,
+                ACCEPT_RETURN,
+            ),
+            (
+                "nftablesFilterDenyAction",
+                &self.nftables_filter_deny_action,
+                DROP_REJECT,
+            ),
             ("chainInsertMode", &self.chain_insert_mode, INSERT_APPEND),
             ("iptablesBackend", &self.iptables_backend, IPTABLES_BACKENDS),
             ("bpfLogLevel", &self.bpf_log_level, BPF_LOG_LEVELS),
-            ("bpfExternalServiceMode", &self.bpf_external_service_mode, BPF_SERVICE_MODES),
+            (
+                "bpfExternalServiceMode",
+                &self.bpf_external_service_mode,
+                BPF_SERVICE_MODES,
+            ),
             ("bpfEnforceRPF", &self.bpf_enforce_rpf, RPF_MODES),
             ("routeSource", &self.route_source, ROUTE_SOURCES),
-            ("serviceLoopPrevention", &self.service_loop_prevention, LOOP_PREVENTION),
-            ("workloadSourceSpoofing", &self.workload_source_spoofing, SOURCE_SPOOFING),
+            (
+                "serviceLoopPrevention",
+                &self.service_loop_prevention,
+                LOOP_PREVENTION,
+            ),
+            (
+                "workloadSourceSpoofing",
+                &self.workload_source_spoofing,
+                SOURCE_SPOOFING,
+            ),
         ];
         for (name, value, allowed) in keywords {
             if let Some(value) = value {
@@ -514,9 +609,19 @@ impl Validate for FelixConfigurationSpec {
             ("wireguardMTUV6", self.wireguard_mtu_v6, 0, 65535),
             ("vxlanPort", self.vxlan_port, 1, 65535),
             ("vxlanVNI", self.vxlan_vni, 1, 16_777_215),
-            ("wireguardListeningPort", self.wireguard_listening_port, 1, 65535),
+            (
+                "wireguardListeningPort",
+                self.wireguard_listening_port,
+                1,
+                65535,
+            ),
             ("healthPort", self.health_port, 1, 65535),
-            ("prometheusMetricsPort", self.prometheus_metrics_port, 1, 65535),
+            (
+                "prometheusMetricsPort",
+                self.prometheus_metrics_port,
+                1,
+                65535,
+            ),
             ("deviceRouteProtocol", self.device_route_protocol, 0, 255),
         ];
         for (name, value, min, max) in ranges {
@@ -541,15 +646,24 @@ impl Validate for FelixConfigurationSpec {
         }
 
         for (name, list) in [
-            ("failsafeInboundHostPorts", &self.failsafe_inbound_host_ports),
-            ("failsafeOutboundHostPorts", &self.failsafe_outbound_host_ports),
+            (
+                "failsafeInboundHostPorts",
+                &self.failsafe_inbound_host_ports,
+            ),
+            (
+                "failsafeOutboundHostPorts",
+                &self.failsafe_outbound_host_ports,
+            ),
         ] {
             let Some(list) = list else { continue };
             let at = path.child(name);
             if list.len() > MAX_FAILSAFE_PORTS as usize {
                 errors.push(
                     &at,
-                    format!("has {} entries; at most {MAX_FAILSAFE_PORTS} are allowed", list.len()),
+                    format!(
+                        "has {} entries; at most {MAX_FAILSAFE_PORTS} are allowed",
+                        list.len()
+                    ),
                 );
             }
             for (i, p) in list.iter().enumerate() {

@@ -283,7 +283,10 @@ pub fn check_ip(
     {
         errors.push(
             path,
-            format!("{value} is the wrong IP family; this field takes {}", family.example()),
+            format!(
+                "{value} is the wrong IP family; this field takes {}",
+                family.example()
+            ),
         );
         return None;
     }
@@ -314,7 +317,10 @@ pub fn check_keyword(
     }
     errors.push(
         path,
-        format!("{value:?} is not one of {} (case does not matter)", allowed.join(", ")),
+        format!(
+            "{value:?} is not one of {} (case does not matter)",
+            allowed.join(", ")
+        ),
     );
 }
 
@@ -402,7 +408,10 @@ pub fn check_range(
     errors: &mut ValidationErrors,
 ) {
     if value < min || value > max {
-        errors.push(path, format!("{value} is out of range: it must be {min} to {max}"));
+        errors.push(
+            path,
+            format!("{value} is out of range: it must be {min} to {max}"),
+        );
     }
 }
 
@@ -416,12 +425,12 @@ pub fn cel_is_cidr(field: &str) -> Rule {
 /// CEL rule for a CIDR field that must have no host bits set; the message suggests the
 /// masked form. Holds for values that are not CIDRs, which `cel_is_cidr` reports.
 pub fn cel_masked_cidr(field: &str) -> Rule {
-    Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()").message(
-        Message::Expression(format!(
+    Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()").message(Message::Expression(
+        format!(
             "'{field} ' + self + ' has host bits set; did you mean ' + \
              string(cidr(self).masked()) + '?'"
-        )),
-    )
+        ),
+    ))
 }
 
 /// CEL rule for a string field that must be an IP address, of `family` when given.
@@ -430,14 +439,16 @@ pub fn cel_is_ip(field: &str, family: Option<Family>) -> Rule {
         None => Rule::new("isIP(self)").message(Message::Message(format!(
             "{field} must be an IP address such as 192.0.2.10 or 2001:db8::10"
         ))),
-        Some(Family::V4) => Rule::new("isIP(self) && ip(self).family() == 4")
-            .message(Message::Message(format!(
+        Some(Family::V4) => {
+            Rule::new("isIP(self) && ip(self).family() == 4").message(Message::Message(format!(
                 "{field} must be an IPv4 address such as 192.0.2.10"
-            ))),
-        Some(Family::V6) => Rule::new("isIP(self) && ip(self).family() == 6")
-            .message(Message::Message(format!(
+            )))
+        }
+        Some(Family::V6) => {
+            Rule::new("isIP(self) && ip(self).family() == 6").message(Message::Message(format!(
                 "{field} must be an IPv6 address such as 2001:db8::10"
-            ))),
+            )))
+        }
     }
 }
 
@@ -459,15 +470,27 @@ mod tests {
     fn masked_cidr_suggests_the_network() {
         let mut errors = ValidationErrors::default();
         check_masked_cidr("10.244.1.0/16", &FieldPath::new("spec.cidr"), &mut errors);
-        assert!(errors.to_string().contains("did you mean 10.244.0.0/16?"), "{errors}");
+        assert!(
+            errors.to_string().contains("did you mean 10.244.0.0/16?"),
+            "{errors}"
+        );
     }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90s"), Some(std::time::Duration::from_secs(90)));
-        assert_eq!(parse_duration("1m30s"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("90s"),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("1m30s"),
+            Some(std::time::Duration::from_secs(90))
+        );
         assert_eq!(parse_duration("0"), Some(std::time::Duration::ZERO));
-        assert_eq!(parse_duration("1.5h"), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1.5h"),
+            Some(std::time::Duration::from_secs(5400))
+        );
         assert!(parse_duration("").is_none());
         assert!(parse_duration("90").is_none());
         assert!(parse_duration("s").is_none());
@@ -476,8 +499,20 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!(PortRange::parse("8080"), Ok(PortRange { first: 8080, last: 8080 }));
-        assert_eq!(PortRange::parse("32768:65535"), Ok(PortRange { first: 32768, last: 65535 }));
+        assert_eq!(
+            PortRange::parse("8080"),
+            Ok(PortRange {
+                first: 8080,
+                last: 8080
+            })
+        );
+        assert_eq!(
+            PortRange::parse("32768:65535"),
+            Ok(PortRange {
+                first: 32768,
+                last: 65535
+            })
+        );
         assert!(PortRange::parse("0").is_err());
         assert!(PortRange::parse("2:1").is_err());
         assert!(PortRange::parse("70000").is_err());

@@ -7,6 +7,9 @@
 //! the size in force in `status.blockSize` (shown as the BLOCK SIZE column). Nothing
 //! rewrites the user's spec, so `kubectl apply` never sees a field it did not write.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy reads as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -25,9 +28,7 @@ const FAMILY: &str = "cidr(self.cidr).ip().family()";
 
 /// CEL: the block size in force for `x` (`self` or `oldSelf`).
 fn effective_block_size_cel(x: &str) -> String {
-    format!(
-        "(has({x}.blockSize) ? {x}.blockSize : (cidr({x}.cidr).ip().family() == 4 ? 26 : 122))"
-    )
+    format!("(has({x}.blockSize) ? {x}.blockSize : (cidr({x}.cidr).ip().family() == 4 ? 26 : 122))")
 }
 
 /// CEL: whether IPIP is on, through `ipipMode` or the deprecated `ipip` field.
@@ -79,8 +80,7 @@ fn block_size_immutable_rule() -> String {
 }
 
 const CIDR_IS_CIDR: &str = "isCIDR(self)";
-const CIDR_IS_CIDR_MESSAGE: &str =
-    "cidr must be a CIDR such as 10.244.0.0/16 or fd00:10:244::/48";
+const CIDR_IS_CIDR_MESSAGE: &str = "cidr must be a CIDR such as 10.244.0.0/16 or fd00:10:244::/48";
 const CIDR_MASKED: &str = "!isCIDR(self) || cidr(self) == cidr(self).masked()";
 const CIDR_MASKED_MESSAGE: &str = "'cidr ' + self + ' has host bits set; did you mean ' + \
      string(cidr(self).masked()) + '?'";
@@ -107,13 +107,18 @@ const ONE_ENCAPSULATION_MESSAGE: &str = "ipipMode and vxlanMode cannot both be o
 #[kube(
     group = "crd.projectcalico.org",
     version = "v1",
+    derive = "PartialEq",
     kind = "IPPool",
     plural = "ippools",
     singular = "ippool",
     status = "IPPoolStatus",
     doc = "An address range that pods get their IPs from, with its encapsulation, outgoing NAT and node selection.",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
-    printcolumn(name = "Block Size", type_ = "integer", json_path = ".status.blockSize"),
+    printcolumn(
+        name = "Block Size",
+        type_ = "integer",
+        json_path = ".status.blockSize"
+    ),
     printcolumn(name = "Encap", type_ = "string", json_path = ".status.encapsulation"),
     printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
@@ -124,7 +129,11 @@ const ONE_ENCAPSULATION_MESSAGE: &str = "ipipMode and vxlanMode cannot both be o
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -210,9 +219,7 @@ pub struct IPPoolSpec {
 }
 
 /// When traffic between nodes is encapsulated.
-#[derive(
-    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
-)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum EncapsulationMode {
     /// Never encapsulate; routes to other nodes' blocks are plain routes.
     #[default]
@@ -235,9 +242,7 @@ pub enum AllowedUse {
 }
 
 /// How addresses are assigned from a pool.
-#[derive(
-    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
-)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AssignmentMode {
     /// Addresses are handed out to anyone the selectors allow.
     #[default]
@@ -417,7 +422,9 @@ impl Validate for IPPoolSpec {
 
         if let Some(net) = net {
             let link_local: ipnet::IpNet = if net.addr().is_ipv4() {
-                "169.254.0.0/16".parse().expect("a literal IPv4 CIDR parses")
+                "169.254.0.0/16"
+                    .parse()
+                    .expect("a literal IPv4 CIDR parses")
             } else {
                 "fe80::/10".parse().expect("a literal IPv6 CIDR parses")
             };

@@ -4,6 +4,9 @@
 //! What many nodes share (the addresses a policy selector matches) is not copied in here:
 //! rules name shared address-set objects, so the object stays small as the cluster grows.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy reads as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -23,21 +26,34 @@ const MAX_BLOCKS: u32 = 1024;
 #[kube(
     group = "tortie.dev",
     version = "v1alpha1",
+    derive = "PartialEq",
     kind = "NodeNetworkConfig",
     plural = "nodenetworkconfigs",
     singular = "nodenetworkconfig",
     shortname = "nnc",
     status = "NodeNetworkConfigStatus",
     doc = "The desired network state of one node, written by the Tortie operator and applied by the node's agent.",
-    printcolumn(name = "Blocks", type_ = "string", json_path = ".status.summary.blocks"),
+    printcolumn(
+        name = "Blocks",
+        type_ = "string",
+        json_path = ".status.summary.blocks"
+    ),
     printcolumn(name = "BGP", type_ = "string", json_path = ".status.summary.bgp"),
-    printcolumn(name = "Applied", type_ = "string", json_path = ".status.summary.applied"),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.summary.applied"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetworkConfigSpec {
@@ -130,9 +146,7 @@ pub struct NodeRoute {
 }
 
 /// What a route's destination is.
-#[derive(
-    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
-)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RouteKind {
     /// A block the other node owns.
     #[default]
@@ -256,9 +270,7 @@ pub struct DataPathSettings {
 }
 
 /// What happens to traffic from a pod to its own node.
-#[derive(
-    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
-)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum EndpointToHostAction {
     /// Dropped.
     #[default]
@@ -314,7 +326,11 @@ pub struct BgpSession {
     #[serde(rename = "asNumber")]
     pub as_number: AsNumber,
     /// This side's AS number for the session, when not the node's.
-    #[serde(default, rename = "localASNumber", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "localASNumber",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub local_as_number: Option<AsNumber>,
     /// Why the session exists.
     pub kind: SessionKind,
@@ -558,7 +574,10 @@ impl Validate for NodeNetworkConfigSpec {
         if self.blocks.len() > MAX_BLOCKS as usize {
             errors.push(
                 &path.child("blocks"),
-                format!("has {} blocks; at most {MAX_BLOCKS} are allowed", self.blocks.len()),
+                format!(
+                    "has {} blocks; at most {MAX_BLOCKS} are allowed",
+                    self.blocks.len()
+                ),
             );
         }
         for (i, block) in self.blocks.iter().enumerate() {
@@ -605,14 +624,22 @@ impl Validate for NodeNetworkConfigSpec {
         }
         if let Some(bgp) = &self.bgp {
             let at = path.child("bgp");
-            fields::check_ip(&bgp.router_id, Some(Family::V4), &at.child("routerId"), errors);
+            fields::check_ip(
+                &bgp.router_id,
+                Some(Family::V4),
+                &at.child("routerId"),
+                errors,
+            );
             for (i, s) in bgp.sessions.iter().enumerate() {
                 let at = at.child("sessions").index(i);
                 fields::check_ip(&s.peer_ip, None, &at.child("peerIP"), errors);
                 if bgp.sessions[..i].iter().any(|o| o.name == s.name) {
                     errors.push(
                         &at.child("name"),
-                        format!("session name {:?} is used twice; names must be unique", s.name),
+                        format!(
+                            "session name {:?} is used twice; names must be unique",
+                            s.name
+                        ),
                     );
                 }
             }

@@ -7,7 +7,9 @@ use tortie_crds::ippool::IPPool;
 use tortie_crds::manifests;
 use tortie_crds::node_network_config::NodeNetworkConfig;
 
-fn schema_of(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
+fn schema_of(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
@@ -33,7 +35,10 @@ fn rules_at(schema: &Value, pointer: &str) -> Vec<String> {
 
 #[track_caller]
 fn assert_has_rule(rules: &[String], needle: &str) {
-    assert!(rules.iter().any(|r| r.contains(needle)), "no rule contains {needle:?}: {rules:#?}");
+    assert!(
+        rules.iter().any(|r| r.contains(needle)),
+        "no rule contains {needle:?}: {rules:#?}"
+    );
 }
 
 #[test]
@@ -56,7 +61,9 @@ fn ippool_schema_states_every_pool_rule() {
 
     let masked = &schema["properties"]["spec"]["properties"]["cidr"]["x-kubernetes-validations"][1];
     assert!(
-        masked["messageExpression"].as_str().is_some_and(|m| m.contains("did you mean")),
+        masked["messageExpression"]
+            .as_str()
+            .is_some_and(|m| m.contains("did you mean")),
         "the host-bits rule suggests the masked CIDR: {masked}"
     );
 
@@ -64,8 +71,14 @@ fn ippool_schema_states_every_pool_rule() {
     assert_eq!(spec["ipipMode"]["default"], "Never");
     assert_eq!(spec["vxlanMode"]["default"], "Never");
     assert_eq!(spec["nodeSelector"]["default"], "all()");
-    assert_eq!(spec["ipipMode"]["enum"], serde_json::json!(["Never", "Always", "CrossSubnet"]));
-    assert!(spec["blockSize"].get("default").is_none(), "the block size default depends on the family");
+    assert_eq!(
+        spec["ipipMode"]["enum"],
+        serde_json::json!(["Never", "Always", "CrossSubnet"])
+    );
+    assert!(
+        spec["blockSize"].get("default").is_none(),
+        "the block size default depends on the family"
+    );
 }
 
 #[test]
@@ -94,10 +107,26 @@ fn printer_columns_show_what_people_look_for() {
     };
     assert_eq!(
         columns(IPPool::crd()),
-        ["CIDR", "BLOCK SIZE", "ENCAP", "NAT", "DISABLED", "SELECTOR", "USED", "READY", "AGE"]
+        [
+            "CIDR",
+            "BLOCK SIZE",
+            "ENCAP",
+            "NAT",
+            "DISABLED",
+            "SELECTOR",
+            "USED",
+            "READY",
+            "AGE"
+        ]
     );
-    assert_eq!(columns(BGPPeer::crd()), ["PEER IP", "PEER SELECTOR", "AS", "SCOPE", "AGE"]);
-    assert_eq!(columns(NodeNetworkConfig::crd()), ["BLOCKS", "BGP", "APPLIED", "READY", "AGE"]);
+    assert_eq!(
+        columns(BGPPeer::crd()),
+        ["PEER IP", "PEER SELECTOR", "AS", "SCOPE", "AGE"]
+    );
+    assert_eq!(
+        columns(NodeNetworkConfig::crd()),
+        ["BLOCKS", "BGP", "APPLIED", "READY", "AGE"]
+    );
     let nnc = NodeNetworkConfig::crd();
     assert_eq!(nnc.spec.names.short_names, Some(vec!["nnc".to_owned()]));
     assert_eq!(nnc.spec.group, "tortie.dev");
@@ -128,16 +157,26 @@ fn cel_rules_only_see_bounded_strings_and_lists() {
             }
         });
         walk("", &schema, &mut |path, node| {
-            let under_rule = in_rule_scope.iter().any(|scope| path.starts_with(scope.as_str()));
+            let under_rule = in_rule_scope
+                .iter()
+                .any(|scope| path.starts_with(scope.as_str()));
             let ty = node.get("type").and_then(Value::as_str);
-            if under_rule && ty == Some("string") && node.get("maxLength").is_none() && node.get("enum").is_none() && node.get("format").is_none() {
+            if under_rule
+                && ty == Some("string")
+                && node.get("maxLength").is_none()
+                && node.get("enum").is_none()
+                && node.get("format").is_none()
+            {
                 unbounded.push(format!("{path} (string without maxLength)"));
             }
             if under_rule && ty == Some("array") && node.get("maxItems").is_none() {
                 unbounded.push(format!("{path} (list without maxItems)"));
             }
         });
-        let ours: Vec<_> = unbounded.into_iter().filter(|p| !p.starts_with(".metadata")).collect();
+        let ours: Vec<_> = unbounded
+            .into_iter()
+            .filter(|p| !p.starts_with(".metadata"))
+            .collect();
         assert!(
             ours.is_empty(),
             "{}: CEL rules reach unbounded values, which strains the API server's cost budget: {ours:#?}",

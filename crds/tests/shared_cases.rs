@@ -26,13 +26,18 @@ fn shared_validation_cases_get_their_verdicts() {
             continue;
         };
         checked += 1;
-        let want_valid = case["valid"].as_bool().expect("every case says valid or not");
+        let want_valid = case["valid"]
+            .as_bool()
+            .expect("every case says valid or not");
         let result = common::verdict(result);
         match (&result, want_valid) {
             (Ok(()), true) => {}
             (Err(errors), false) => {
                 assert!(
-                    errors.0.iter().all(|e| e.field.as_str().starts_with("spec")),
+                    errors
+                        .0
+                        .iter()
+                        .all(|e| e.field.as_str().starts_with("spec")),
                     "errors must name a field of the spec: {errors}"
                 );
             }
@@ -44,6 +49,14 @@ fn shared_validation_cases_get_their_verdicts() {
             )),
         }
     }
-    assert!(checked >= 18, "only {checked} cases were of this crate's kinds");
-    assert!(wrong.is_empty(), "{} wrong verdicts:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        checked >= 18,
+        "only {checked} cases were of this crate's kinds"
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} wrong verdicts:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }

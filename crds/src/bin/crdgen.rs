@@ -35,8 +35,13 @@ fn write_all(dir: &Path) -> Result<usize, String> {
 
     let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     for entry in entries {
-        let path = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let path = entry
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".yaml") && !written.iter().any(|w| w == name) {
             std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
             println!("removed stale {}", path.display());
