@@ -133,6 +133,9 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
+// Known limitation: the schema checks only the shape of a port range; that the first port
+// is not above the last is a Rust rule, because a CEL rule on an int-or-string value of
+// unbounded lists would strain the API server's cost budget.
 impl JsonSchema for PortRange {
     fn schema_name() -> Cow<'static, str> {
         "PortRange".into()
@@ -204,7 +207,8 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     let (addr, len) = s.split_once('/')?;
     parse_ip(addr)?;
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 3 {
+    let leading_zero = len.len() > 1 && len.starts_with('0');
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 3 || leading_zero {
         return None;
     }
     IpNet::from_str(s).ok()
@@ -464,6 +468,7 @@ mod tests {
         assert!(parse_cidr("10.0.0.0").is_none());
         assert!(parse_cidr("::ffff:10.0.0.0/120").is_none());
         assert!(parse_cidr("10.0.0.0/+8").is_none());
+        assert!(parse_cidr("10.0.0.0/08").is_none());
     }
 
     #[test]

@@ -182,6 +182,8 @@ pub struct IPPoolSpec {
     pub disable_bgp_export: bool,
 
     /// Which nodes may take blocks from this pool, as a Calico selector over node labels.
+    // Known limitation: the API server cannot parse Calico selectors, so a malformed one is
+    // stored; the Rust rules reject it and the operator reports it in the pool's status.
     #[serde(default = "default_node_selector")]
     #[schemars(length(max = MAX_SELECTOR_LENGTH))]
     pub node_selector: String,
