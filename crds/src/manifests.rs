@@ -14,14 +14,17 @@ use crate::node_network_config::NodeNetworkConfig;
 
 /// Every CRD Tortie installs.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         IPPool::crd(),
         BGPConfiguration::crd(),
         BGPPeer::crd(),
         FelixConfiguration::crd(),
         ClusterInformation::crd(),
         NodeNetworkConfig::crd(),
-    ]
+    ];
+    crds.extend(crate::ipam::crds());
+    crds.extend(crate::policy::crds());
+    crds
 }
 
 /// The file a CRD is written to: its name (`<plural>.<group>`) with `.yaml`.

@@ -74,18 +74,27 @@ fn every_crd_has_calicos_names_and_scope() {
             )
         })
         .collect();
-    for (kind, plural) in [
-        ("IPPool", "ippools"),
-        ("BGPConfiguration", "bgpconfigurations"),
-        ("BGPPeer", "bgppeers"),
-        ("FelixConfiguration", "felixconfigurations"),
-        ("ClusterInformation", "clusterinformations"),
+    for (kind, plural, scope) in [
+        ("IPPool", "ippools", "Cluster"),
+        ("IPAMBlock", "ipamblocks", "Cluster"),
+        ("BlockAffinity", "blockaffinities", "Cluster"),
+        ("IPAMHandle", "ipamhandles", "Cluster"),
+        ("IPAMConfig", "ipamconfigs", "Cluster"),
+        ("BGPConfiguration", "bgpconfigurations", "Cluster"),
+        ("BGPPeer", "bgppeers", "Cluster"),
+        ("NetworkPolicy", "networkpolicies", "Namespaced"),
+        ("GlobalNetworkPolicy", "globalnetworkpolicies", "Cluster"),
+        ("NetworkSet", "networksets", "Namespaced"),
+        ("GlobalNetworkSet", "globalnetworksets", "Cluster"),
+        ("HostEndpoint", "hostendpoints", "Cluster"),
+        ("FelixConfiguration", "felixconfigurations", "Cluster"),
+        ("ClusterInformation", "clusterinformations", "Cluster"),
     ] {
         let want = (
             "crd.projectcalico.org".to_owned(),
             kind.to_owned(),
             plural.to_owned(),
-            "Cluster".to_owned(),
+            scope.to_owned(),
         );
         assert!(
             names.contains(&want),

@@ -147,7 +147,15 @@ fn walk(path: &str, node: &Value, visit: &mut dyn FnMut(&str, &Value)) {
 
 #[test]
 fn cel_rules_only_see_bounded_strings_and_lists() {
-    for crd in manifests::all() {
+    let kinds = [
+        IPPool::crd(),
+        BGPPeer::crd(),
+        tortie_crds::bgp::BGPConfiguration::crd(),
+        tortie_crds::felix::FelixConfiguration::crd(),
+        tortie_crds::cluster_info::ClusterInformation::crd(),
+        NodeNetworkConfig::crd(),
+    ];
+    for crd in kinds {
         let schema = schema_of(&crd);
         let mut unbounded = Vec::new();
         let mut in_rule_scope = Vec::new();

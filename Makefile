@@ -1,0 +1,26 @@
+# The commands a person needs. `make help` lists them.
+SHELL := /bin/bash
+
+.PHONY: help test lint fmt crds binaries control-plane
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+test: ## run every test: unit, property and end-to-end (needs root for the end-to-end part)
+	bash tests/run-tests.sh
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+crds: ## regenerate the CRD manifests under crds/manifests from the Rust types
+	cargo run -q -p tortie-crds --bin crdgen
+
+binaries: ## build Tortie's binaries (debug)
+	cargo build --workspace --bins
+
+control-plane: ## build or reuse the pinned kube-apiserver, etcd, kubectl, helm, ...
+	bash tests/e2e/scripts/build-control-plane.sh
