@@ -2,6 +2,8 @@
 //! path of the field) and then applying the kind's [`Validate`] rules. Tests use this to
 //! run shared cases, and tools can use it to check a manifest before applying it.
 
+use std::path::PathBuf;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -10,10 +12,14 @@ use crate::felix::FelixConfigurationSpec;
 use crate::ippool::{IPPool, IPPoolSpec};
 use crate::validation::{FieldPath, Validate, ValidationErrors};
 
-/// Checks `value` as the kind named `kind`, or returns `None` for a kind this module does
-/// not know. `IPPool` takes a whole object (with `metadata` and `spec`) or just its spec;
-/// the `...Spec` kinds and `NodeSpec` take the spec. Fields are named from `spec`.
+/// Checks `value` as the kind named `kind`, or returns `None` for a kind Tortie does not
+/// know. `IPPool` takes a whole object (with `metadata` and `spec`) or just its spec; the
+/// `...Spec` kinds and `NodeSpec` take the spec, and the parts of a policy (`Rule`,
+/// `EntityRule`, `ICMPFields`, `Protocol`) take that part. Fields are named from `spec`.
 pub fn validate_value(kind: &str, value: &Value) -> Option<Result<(), ValidationErrors>> {
+    if let Some(result) = crate::policy::validate_value(kind, value) {
+        return Some(result);
+    }
     let spec = FieldPath::new("spec");
     let result = match kind {
         "IPPool" if is_whole_object(value) => check::<IPPool>(value, &FieldPath::root()),
@@ -25,6 +31,36 @@ pub fn validate_value(kind: &str, value: &Value) -> Option<Result<(), Validation
         _ => return None,
     };
     Some(result)
+}
+
+/// The directory of the shared test cases (`selectors.json`, `validation.json`):
+/// `$TORTIE_CASES_DIR` when set, else the first `shared/cases` found beside the workspace
+/// or one of its parents (a checkout sits next to its `shared/` folder).
+pub fn shared_cases_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("TORTIE_CASES_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared").join("cases"))
+        .find(|dir| dir.join("validation.json").is_file())
+        .ok_or_else(|| {
+            format!(
+                "no shared/cases directory beside {} or its parents; set TORTIE_CASES_DIR to \
+                 the directory holding validation.json and selectors.json",
+                crate_dir.display()
+            )
+        })
+}
+
+/// The shared case file `name` (for example `validation.json`) as JSON.
+pub fn load_shared_cases(name: &str) -> Result<Value, String> {
+    let path = shared_cases_dir()?.join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the shared cases at {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
 }
 
 /// Whether `value` is a whole object rather than a spec.
@@ -96,6 +132,16 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_not_ours() {
-        assert!(validate_value("NetworkPolicy", &json!({})).is_none());
+        assert!(validate_value("KubeControllersConfiguration", &json!({})).is_none());
+    }
+
+    #[test]
+    fn policy_kinds_are_checked_too() {
+        let rule = json!({"action": "Allow", "destination": {"ports": [80]}});
+        assert!(
+            validate_value("Rule", &rule)
+                .expect("a known kind")
+                .is_err()
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! field each error must name), round trips of real manifests, and the CEL rules the
 //! generated schemas carry.
 
-use std::path::PathBuf;
+mod common;
 
 use serde_json::{Value, json};
 use tortie_crds::{
@@ -35,28 +35,8 @@ const KINDS: [&str; 9] = [
     "NetworkSetSpec",
 ];
 
-fn cases_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("TORTIE_CASES_DIR") {
-        return PathBuf::from(dir);
-    }
-    let workspace_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crds crate sits inside the workspace")
-        .to_path_buf();
-    workspace_root.join("..").join("shared").join("cases")
-}
-
 fn load_cases() -> Vec<Value> {
-    let path = cases_dir().join("validation.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the shared validation cases at {}: {e}; set TORTIE_CASES_DIR to the \
-             directory holding validation.json",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not a JSON array of cases: {e}", path.display()))
+    common::load_cases("validation.json")
 }
 
 /// Whether `error` is about `field`: it names the field, or (for a missing field, which

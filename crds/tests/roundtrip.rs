@@ -39,7 +39,7 @@ spec:
     assert_eq!(pool.spec.assignment_mode, AssignmentMode::Automatic);
     assert_eq!(pool.spec.encapsulation_label(), "IPIP");
     assert!(pool.status.is_none());
-    assert!(common::verdict(pool.validate()).is_ok());
+    assert!(pool.validate().is_ok());
 }
 
 #[test]
@@ -58,7 +58,7 @@ spec:
     let pool: IPPool = serde_saphyr::from_str(docs).expect("a v3.8 pool");
     assert_eq!(pool.spec.ipip_mode, EncapsulationMode::CrossSubnet);
     assert_eq!(pool.spec.encapsulation_label(), "IPIPCrossSubnet");
-    assert!(common::verdict(pool.validate()).is_ok());
+    assert!(pool.validate().is_ok());
 
     let legacy: IPPool = serde_saphyr::from_str(
         "apiVersion: crd.projectcalico.org/v1
@@ -114,7 +114,7 @@ spec:
     )
     .expect("a v3.8 peer");
     assert_eq!(peer.spec.scope_label(), "rack1-host1");
-    assert!(common::verdict(peer.spec.validate()).is_ok());
+    assert!(peer.spec.validate().is_ok());
 
     let felix: FelixConfiguration = serde_saphyr::from_str(
         "apiVersion: crd.projectcalico.org/v1
@@ -188,7 +188,7 @@ status:
     let status = pool.status.as_ref().expect("status was given");
     assert_eq!(status.used.as_deref(), Some("31/65536"));
     assert_eq!(status.conditions[0].type_, "Ready");
-    assert!(common::verdict(pool.validate()).is_ok());
+    assert!(pool.validate().is_ok());
 
     let peer: BGPPeer = serde_saphyr::from_str(
         "apiVersion: crd.projectcalico.org/v1
@@ -222,7 +222,7 @@ status:
     )
     .expect("a current peer");
     assert_eq!(peer.spec.scope_label(), "rack == 'a'");
-    assert!(common::verdict(peer.spec.validate()).is_ok());
+    assert!(peer.spec.validate().is_ok());
 
     let round_trip: BGPPeer =
         serde_json::from_value(serde_json::to_value(&peer).expect("serializes"))

@@ -2,8 +2,9 @@
 //! cases for every operator, quoting, precedence, negation, absent labels and the
 //! positions parse errors report.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use serde::Deserialize;
 use tortie_crds::selector::{Labeled, MAX_NESTING, ParseError, Scoped, Selector};
@@ -18,22 +19,6 @@ struct Case {
     matches: Option<bool>,
     #[serde(default)]
     parse_error: bool,
-}
-
-/// The shared cases directory: `TORTIE_CASES_DIR`, or `shared/cases` beside the
-/// workspace.
-fn cases_dir() -> PathBuf {
-    let dir = match std::env::var_os("TORTIE_CASES_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/cases"),
-    };
-    assert!(
-        dir.is_dir(),
-        "the shared test cases are not at {}; set TORTIE_CASES_DIR to the directory \
-         holding selectors.json",
-        dir.display()
-    );
-    dir
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -78,7 +63,7 @@ fn check_matches(rows: &[MatchRow]) {
 
 #[test]
 fn shared_cases() {
-    let path = cases_dir().join("selectors.json");
+    let path = common::cases_dir().join("selectors.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let cases: Vec<Case> = serde_json::from_str(&text)

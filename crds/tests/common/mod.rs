@@ -3,45 +3,18 @@
 
 use std::path::PathBuf;
 
-use tortie_crds::selector::Selector;
-use tortie_crds::validation::ValidationErrors;
+use serde_json::Value;
 
-/// Where the shared cases live: `$TORTIE_CASES_DIR`, else `<workspace>/../shared/cases`.
+/// Where the shared cases live (see [`tortie_crds::cases::shared_cases_dir`]).
 pub fn cases_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("TORTIE_CASES_DIR") {
-        return PathBuf::from(dir);
-    }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crds crate sits inside the workspace")
-        .to_path_buf();
-    workspace.join("../shared/cases")
+    tortie_crds::cases::shared_cases_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Whether the selector parser is the real one. While it is a placeholder that refuses
-/// everything, selector errors are set aside so the other rules can still be tested.
-pub fn selector_parser_available() -> bool {
-    Selector::parse("all()").is_ok()
-}
-
-/// `errors` without the selector errors the placeholder parser causes.
-pub fn without_placeholder_selector_errors(errors: ValidationErrors) -> ValidationErrors {
-    if selector_parser_available() {
-        return errors;
-    }
-    ValidationErrors(
-        errors
-            .0
-            .into_iter()
-            .filter(|e| !e.message.starts_with("not a valid selector"))
-            .collect(),
-    )
-}
-
-/// `result` with placeholder selector errors removed.
-pub fn verdict(result: Result<(), ValidationErrors>) -> Result<(), ValidationErrors> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(errors) => without_placeholder_selector_errors(errors).into_result(),
+/// The shared case file `name` as a JSON array.
+pub fn load_cases(name: &str) -> Vec<Value> {
+    let value = tortie_crds::cases::load_shared_cases(name).unwrap_or_else(|e| panic!("{e}"));
+    match value {
+        Value::Array(cases) => cases,
+        other => panic!("{name} is not a JSON array of cases: {other}"),
     }
 }
