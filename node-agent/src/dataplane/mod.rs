@@ -330,16 +330,10 @@ pub enum DataplaneError {
     /// A sysctl could not be written.
     #[error(transparent)]
     Sysctl(#[from] sysctl::SysctlError),
-    /// Some routes could not be programmed; the others were.
-    #[error("{failed} of {attempted} route changes failed, first: {first}")]
-    Routes {
-        /// How many changes failed.
-        failed: usize,
-        /// How many changes were tried.
-        attempted: usize,
-        /// The first failure, for the log line.
-        first: String,
-    },
+    /// Some routes could not be programmed or computed; the others were applied. The
+    /// report says which.
+    #[error("{}", .0.summary())]
+    Routes(Box<RouteSyncReport>),
 }
 
 impl DataplaneError {

@@ -203,27 +203,37 @@ impl RouteSyncReport {
         report
     }
 
-    /// An error naming the first problem if any change failed or any block was unroutable.
-    pub fn into_result(self) -> Result<Self, DataplaneError> {
-        let attempted = self.created + self.replaced + self.deleted + self.failures.len();
+    /// Whether every change was applied and every block routed.
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty() && self.unroutable.is_empty()
+    }
+
+    /// One line for logs and status: how many problems, and the first one.
+    pub fn summary(&self) -> String {
+        let problems = self.failures.len() + self.unroutable.len();
         let first = if let Some(failure) = self.failures.first() {
-            format!(
-                "{} {}: {}",
-                failure.verb, failure.destination, failure.error
-            )
+            format!("cannot {} route {}: {}", failure.verb, failure.destination, failure.error)
         } else if let Some(unroutable) = self.unroutable.first() {
             format!(
-                "block {} of node {}: {}",
+                "no route for block {} of node {}: {}",
                 unroutable.block, unroutable.node_name, unroutable.reason
             )
         } else {
-            return Ok(self);
+            return format!(
+                "routes in sync ({} created, {} replaced, {} deleted, {} unchanged)",
+                self.created, self.replaced, self.deleted, self.unchanged
+            );
         };
-        Err(DataplaneError::Routes {
-            failed: self.failures.len() + self.unroutable.len(),
-            attempted: attempted + self.unroutable.len(),
-            first,
-        })
+        format!("{problems} route problem(s), first: {first}")
+    }
+
+    /// `Err` carrying the report when anything failed.
+    pub fn into_result(self) -> Result<Self, DataplaneError> {
+        if self.is_complete() {
+            Ok(self)
+        } else {
+            Err(DataplaneError::Routes(Box::new(self)))
+        }
     }
 }
 
