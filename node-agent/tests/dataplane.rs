@@ -67,7 +67,11 @@ enum Mode {
     Ipip,
 }
 
-fn reconcile(cluster: &Cluster, i: usize, spec: &DataplaneSpec) -> Result<RouteSyncReport, DataplaneError> {
+fn reconcile(
+    cluster: &Cluster,
+    i: usize,
+    spec: &DataplaneSpec,
+) -> Result<RouteSyncReport, DataplaneError> {
     cluster.nodes[i].block_on(|| async {
         let mut dataplane = Dataplane::connect()?;
         dataplane.reconcile(spec).await
@@ -100,12 +104,19 @@ fn direct_routes_carry_pod_traffic() {
 
     for i in 0..2 {
         let report = reconcile(&cluster, i, &spec(i, Mode::Direct)).expect("reconcile succeeds");
-        assert_eq!((report.created, report.deleted, report.replaced), (2, 0, 0), "{report:?}");
+        assert_eq!(
+            (report.created, report.deleted, report.replaced),
+            (2, 0, 0),
+            "{report:?}"
+        );
     }
 
     let routes = tortie_routes(&cluster, 0);
     assert!(routes.contains("blackhole 10.244.1.0/26"), "{routes}");
-    assert!(routes.contains("10.244.2.0/26 via 198.18.0.2 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("10.244.2.0/26 via 198.18.0.2 dev eth0"),
+        "{routes}"
+    );
     assert!(
         cluster.pods[0].pings(pod_address(1)),
         "pod 0 reaches pod 1 through direct routes\n{}",
@@ -113,9 +124,19 @@ fn direct_routes_carry_pod_traffic() {
     );
 
     let again = reconcile(&cluster, 0, &spec(0, Mode::Direct)).expect("second reconcile succeeds");
-    assert_eq!((again.created, again.replaced, again.deleted, again.unchanged), (0, 0, 0, 2));
     assert_eq!(
-        cluster.nodes[0].exec_ok("cat", &["/proc/sys/net/ipv4/ip_forward"]).trim(),
+        (
+            again.created,
+            again.replaced,
+            again.deleted,
+            again.unchanged
+        ),
+        (0, 0, 0, 2)
+    );
+    assert_eq!(
+        cluster.nodes[0]
+            .exec_ok("cat", &["/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
         "1"
     );
 }
@@ -123,8 +144,14 @@ fn direct_routes_carry_pod_traffic() {
 fn link_stats(cluster: &Cluster, i: usize, device: &str) -> u64 {
     let json = cluster.nodes[i].ip(&["-s", "-j", "link", "show", device]);
     // The tx packet count sits in "stats64":{"rx":{...},"tx":{"bytes":N,"packets":N,...
-    let tx = json.split("\"tx\":{").nth(1).expect("ip -s -j prints tx stats");
-    let packets = tx.split("\"packets\":").nth(1).expect("tx stats have a packet count");
+    let tx = json
+        .split("\"tx\":{")
+        .nth(1)
+        .expect("ip -s -j prints tx stats");
+    let packets = tx
+        .split("\"packets\":")
+        .nth(1)
+        .expect("tx stats have a packet count");
     packets
         .split(|c: char| !c.is_ascii_digit())
         .next()
@@ -147,34 +174,49 @@ fn vxlan_routes_carry_pod_traffic_encapsulated() {
     assert!(details.contains("local 198.18.0.1"), "{details}");
     assert!(details.contains("dstport 4789"), "{details}");
     assert!(details.contains("nolearning"), "{details}");
-    assert!(details.contains(&vtep_mac("node-0").to_string()), "{details}");
+    assert!(
+        details.contains(&vtep_mac("node-0").to_string()),
+        "{details}"
+    );
     assert!(details.contains("mtu 1450"), "{details}");
 
     let route = cluster.nodes[0].ip(&["route", "get", &pod_address(1).to_string()]);
     assert!(route.contains("via 10.244.2.0 dev vxlan.calico"), "{route}");
     let neighbours = cluster.nodes[0].ip(&["neigh", "show", "dev", "vxlan.calico"]);
     assert!(
-        neighbours.contains(&format!("10.244.2.0 lladdr {} PERMANENT", vtep_mac("node-1"))),
+        neighbours.contains(&format!(
+            "10.244.2.0 lladdr {} PERMANENT",
+            vtep_mac("node-1")
+        )),
         "{neighbours}"
     );
     let fdb = cluster.nodes[0].exec_ok("bridge", &["fdb", "show", "dev", "vxlan.calico"]);
     assert!(
-        fdb.contains(&format!("{} dst 198.18.0.2 self permanent", vtep_mac("node-1"))),
+        fdb.contains(&format!(
+            "{} dst 198.18.0.2 self permanent",
+            vtep_mac("node-1")
+        )),
         "{fdb}"
     );
 
     let sent_before = link_stats(&cluster, 0, "vxlan.calico");
-    assert!(cluster.pods[0].pings(pod_address(1)), "pod 0 reaches pod 1 through VXLAN");
+    assert!(
+        cluster.pods[0].pings(pod_address(1)),
+        "pod 0 reaches pod 1 through VXLAN"
+    );
     let sent_after = link_stats(&cluster, 0, "vxlan.calico");
     assert!(
-        sent_after >= sent_before + 1,
-        "the echo requests left through vxlan.calico ({sent_before} -> {sent_after})"
+        sent_after >= sent_before + 3,
+        "the three echo requests left through vxlan.calico ({sent_before} -> {sent_after})"
     );
 
     // A second pass changes nothing, also for the device, neighbours and FDB.
     let again = reconcile(&cluster, 0, &spec(0, Mode::Vxlan)).expect("second reconcile succeeds");
     assert_eq!((again.created, again.replaced, again.deleted), (0, 0, 0));
-    assert_eq!(cluster.nodes[0].ip(&["neigh", "show", "dev", "vxlan.calico"]), neighbours);
+    assert_eq!(
+        cluster.nodes[0].ip(&["neigh", "show", "dev", "vxlan.calico"]),
+        neighbours
+    );
 }
 
 #[test]
@@ -187,11 +229,43 @@ fn resync_restores_deleted_routes_and_leaves_foreign_ones_alone() {
     let proto = ROUTE_PROTOCOL.to_string();
 
     // Someone else's routes: one elsewhere, one on a prefix Tortie will want.
-    node.ip(&["route", "add", "10.99.0.0/24", "via", "198.18.0.2", "proto", "static"]);
-    node.ip(&["route", "add", "10.244.3.0/26", "via", "198.18.0.2", "proto", "static"]);
+    node.ip(&[
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "198.18.0.2",
+        "proto",
+        "static",
+    ]);
+    node.ip(&[
+        "route",
+        "add",
+        "10.244.3.0/26",
+        "via",
+        "198.18.0.2",
+        "proto",
+        "static",
+    ]);
     // Tortie's own leftovers: a stale block and a block pointing the wrong way.
-    node.ip(&["route", "add", "10.244.77.0/26", "via", "198.18.0.2", "proto", &proto]);
-    node.ip(&["route", "add", "10.244.2.0/26", "via", "198.18.0.9", "proto", &proto]);
+    node.ip(&[
+        "route",
+        "add",
+        "10.244.77.0/26",
+        "via",
+        "198.18.0.2",
+        "proto",
+        &proto,
+    ]);
+    node.ip(&[
+        "route",
+        "add",
+        "10.244.2.0/26",
+        "via",
+        "198.18.0.9",
+        "proto",
+        &proto,
+    ]);
 
     let mut wanted = spec(0, Mode::Direct);
     wanted.remote_blocks.push(RemoteBlock {
@@ -201,21 +275,35 @@ fn resync_restores_deleted_routes_and_leaves_foreign_ones_alone() {
         encapsulation: Encapsulation::Direct,
     });
 
-    let error = reconcile(&cluster, 0, &wanted).expect_err("the foreign route on a wanted prefix is reported");
+    let error = reconcile(&cluster, 0, &wanted)
+        .expect_err("the foreign route on a wanted prefix is reported");
     let DataplaneError::Routes(report) = error else {
         panic!("expected a route report, got {error}");
     };
     assert_eq!(report.failures.len(), 1, "{report:?}");
     assert_eq!(report.failures[0].destination.to_string(), "10.244.3.0/26");
-    assert!(report.failures[0].error.contains("another protocol"), "{report:?}");
-    assert_eq!((report.created, report.replaced, report.deleted), (1, 1, 1), "{report:?}");
+    assert!(
+        report.failures[0].error.contains("another protocol"),
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.created, report.replaced, report.deleted),
+        (1, 1, 1),
+        "{report:?}"
+    );
 
     let foreign = routes_of(&cluster, 0, &["proto", "static"]);
     assert!(foreign.contains("10.99.0.0/24 via 198.18.0.2"), "{foreign}");
-    assert!(foreign.contains("10.244.3.0/26 via 198.18.0.2"), "{foreign}");
+    assert!(
+        foreign.contains("10.244.3.0/26 via 198.18.0.2"),
+        "{foreign}"
+    );
     let ours = tortie_routes(&cluster, 0);
     assert!(!ours.contains("10.244.77.0"), "stale block removed: {ours}");
-    assert!(ours.contains("10.244.2.0/26 via 198.18.0.2"), "wrong next hop replaced: {ours}");
+    assert!(
+        ours.contains("10.244.2.0/26 via 198.18.0.2"),
+        "wrong next hop replaced: {ours}"
+    );
     assert!(
         ours.contains(&format!("{} dev {}", pod_address(0), pod_interface(0))),
         "the CNI plugin's pod route stays: {ours}"
@@ -231,15 +319,30 @@ fn resync_restores_deleted_routes_and_leaves_foreign_ones_alone() {
         let mut dataplane = Dataplane::connect().expect("connect to the node's kernel");
         dataplane_support::run(
             "ip",
-            &["-n", &node.name, "route", "del", "10.244.2.0/26", "proto", &proto],
+            &[
+                "-n",
+                &node.name,
+                "route",
+                "del",
+                "10.244.2.0/26",
+                "proto",
+                &proto,
+            ],
         );
         let noticed = tokio::time::timeout(Duration::from_secs(5), watch.changed(MAIN_TABLE))
             .await
             .expect("the deletion is reported within 5 s");
         assert!(noticed);
-        dataplane.reconcile_routes(&wanted).await.expect("route resync succeeds")
+        dataplane
+            .reconcile_routes(&wanted)
+            .await
+            .expect("route resync succeeds")
     });
-    assert_eq!((restored.created, restored.replaced, restored.deleted), (1, 0, 0), "{restored:?}");
+    assert_eq!(
+        (restored.created, restored.replaced, restored.deleted),
+        (1, 0, 0),
+        "{restored:?}"
+    );
     assert!(tortie_routes(&cluster, 0).contains("10.244.2.0/26 via 198.18.0.2"));
     assert!(routes_of(&cluster, 0, &["proto", "static"]).contains("10.99.0.0/24"));
 }
@@ -255,12 +358,20 @@ fn peer_of_next_connection(listener: std::net::TcpListener) -> std::thread::Join
 }
 
 /// The source address a server at `server` sees for a connection from pod 0.
-fn seen_source(cluster: &Cluster, server_ns: &dataplane_support::Netns, server: SocketAddr) -> IpAddr {
+fn seen_source(
+    cluster: &Cluster,
+    server_ns: &dataplane_support::Netns,
+    server: SocketAddr,
+) -> IpAddr {
     let listener = server_ns.listen(server);
     let accepted = peer_of_next_connection(listener);
-    let stream = cluster.pods[0].connect(server).expect("pod 0 connects to the server");
+    let stream = cluster.pods[0]
+        .connect(server)
+        .expect("pod 0 connects to the server");
     drop(stream);
-    accepted.join().expect("the accepting thread does not panic")
+    accepted
+        .join()
+        .expect("the accepting thread does not panic")
 }
 
 #[test]
@@ -270,7 +381,13 @@ fn nat_outgoing_masquerades_only_traffic_leaving_the_pools() {
     }
     let cluster = Cluster::new(2);
     // The outside host can answer pods directly, so un-NATed connections complete too.
-    cluster.outside.ip(&["route", "add", "10.244.0.0/16", "via", &node_address(0).to_string()]);
+    cluster.outside.ip(&[
+        "route",
+        "add",
+        "10.244.0.0/16",
+        "via",
+        &node_address(0).to_string(),
+    ]);
     // A table that is not Tortie's must survive everything below.
     cluster.nodes[0].exec_ok("nft", &["add", "table", "ip", "someone-elses"]);
 
@@ -307,8 +424,14 @@ fn nat_outgoing_masquerades_only_traffic_leaving_the_pools() {
         "without NAT the outside host sees the pod"
     );
     let tables = cluster.nodes[0].exec_ok("nft", &["list", "tables"]);
-    assert!(!tables.contains("tortie-nat"), "Tortie's table is gone: {tables}");
-    assert!(tables.contains("someone-elses"), "the other table is untouched: {tables}");
+    assert!(
+        !tables.contains("tortie-nat"),
+        "Tortie's table is gone: {tables}"
+    );
+    assert!(
+        tables.contains("someone-elses"),
+        "the other table is untouched: {tables}"
+    );
 }
 
 #[test]
@@ -330,6 +453,9 @@ fn ipip_routes_carry_pod_traffic_when_the_kernel_has_ipip() {
     let route = cluster.nodes[0].ip(&["route", "get", &pod_address(1).to_string()]);
     assert!(route.contains("via 198.18.0.2 dev tunl0"), "{route}");
     let sent_before = link_stats(&cluster, 0, "tunl0");
-    assert!(cluster.pods[0].pings(pod_address(1)), "pod 0 reaches pod 1 through IPIP");
+    assert!(
+        cluster.pods[0].pings(pod_address(1)),
+        "pod 0 reaches pod 1 through IPIP"
+    );
     assert!(link_stats(&cluster, 0, "tunl0") > sent_before);
 }

@@ -212,7 +212,10 @@ impl RouteSyncReport {
     pub fn summary(&self) -> String {
         let problems = self.failures.len() + self.unroutable.len();
         let first = if let Some(failure) = self.failures.first() {
-            format!("cannot {} route {}: {}", failure.verb, failure.destination, failure.error)
+            format!(
+                "cannot {} route {}: {}",
+                failure.verb, failure.destination, failure.error
+            )
         } else if let Some(unroutable) = self.unroutable.first() {
             format!(
                 "no route for block {} of node {}: {}",

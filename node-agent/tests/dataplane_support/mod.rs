@@ -21,7 +21,9 @@ pub fn skip_reason() -> Option<String> {
         .and_then(|ids| ids.split_whitespace().nth(1))
         .unwrap_or("?");
     if uid != "0" {
-        return Some(format!("needs root to make network namespaces (effective uid {uid})"));
+        return Some(format!(
+            "needs root to make network namespaces (effective uid {uid})"
+        ));
     }
     for tool in ["ip", "nft", "ping"] {
         let found = Command::new(tool).arg("-V").output().is_ok();
@@ -104,8 +106,10 @@ impl Netns {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let file = File::open(&path).expect("the namespace file exists while Netns lives");
-                    setns(file, CloneFlags::CLONE_NEWNET).expect("root may enter a network namespace");
+                    let file =
+                        File::open(&path).expect("the namespace file exists while Netns lives");
+                    setns(file, CloneFlags::CLONE_NEWNET)
+                        .expect("root may enter a network namespace");
                     f()
                 })
                 .join()
@@ -130,14 +134,19 @@ impl Netns {
 
     /// Whether `ping` from this namespace reaches `target` (3 probes, any reply counts).
     pub fn pings(&self, target: Ipv4Addr) -> bool {
-        self.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "-q", &target.to_string()])
-            .status
-            .success()
+        self.exec(
+            "ping",
+            &["-c", "3", "-i", "0.2", "-W", "2", "-q", &target.to_string()],
+        )
+        .status
+        .success()
     }
 
     /// Opens a TCP listener on `address` inside this namespace.
     pub fn listen(&self, address: SocketAddr) -> TcpListener {
-        self.run(|| TcpListener::bind(address).expect("the test address is free in a fresh namespace"))
+        self.run(|| {
+            TcpListener::bind(address).expect("the test address is free in a fresh namespace")
+        })
     }
 
     /// Connects from inside this namespace; the address the server saw is checked by the
@@ -150,7 +159,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace removes every link, route and nftables table in it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -212,7 +223,16 @@ impl Cluster {
 
         let attach = |netns: &Netns, port: &str, address: Ipv4Addr| {
             underlay.ip(&[
-                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &netns.name,
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &netns.name,
             ]);
             underlay.ip(&["link", "set", port, "master", "br0", "up"]);
             netns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
@@ -229,23 +249,59 @@ impl Cluster {
             attach(&node, &format!("p{i}"), node_address(i));
             // Like a real node, a default gateway (the outside host). Proxy ARP answers the
             // pod's 169.254.1.1 only for addresses the node has a route to.
-            node.ip(&["route", "add", "default", "via", &OUTSIDE_ADDRESS.to_string()]);
+            node.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &OUTSIDE_ADDRESS.to_string(),
+            ]);
 
             let pod = Netns::new(&format!("pod{i}"));
             let host_side = pod_interface(i);
             node.ip(&[
-                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns",
+                &pod.name,
             ]);
             node.ip(&["link", "set", &host_side, "up"]);
             node.sysctl(&format!("net.ipv4.conf.{host_side}.proxy_arp"), "1");
             node.ip(&[
-                "route", "add", &format!("{}/32", pod_address(i)), "dev", &host_side, "proto",
-                &tortie_node_agent::ROUTE_PROTOCOL.to_string(), "scope", "link",
+                "route",
+                "add",
+                &format!("{}/32", pod_address(i)),
+                "dev",
+                &host_side,
+                "proto",
+                &tortie_node_agent::ROUTE_PROTOCOL.to_string(),
+                "scope",
+                "link",
             ]);
-            pod.ip(&["addr", "add", &format!("{}/32", pod_address(i)), "dev", "eth0"]);
+            pod.ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", pod_address(i)),
+                "dev",
+                "eth0",
+            ]);
             pod.ip(&["link", "set", "eth0", "up"]);
-            pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-            pod.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+            pod.ip(&[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            pod.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ]);
 
             node_list.push(node);
             pods.push(pod);
