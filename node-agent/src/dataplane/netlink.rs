@@ -46,6 +46,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const DUMP_ATTEMPTS: usize = 3;
 
 const ENOBUFS: i32 = 105;
+const EPROTO: i32 = 71;
 
 /// Where `nlmsg_flags` sits in a netlink header (after the 32-bit length and 16-bit type).
 const FLAGS_OFFSET: usize = 6;
@@ -118,30 +119,28 @@ impl RouteSocket {
         loop {
             self.receive.clear();
             self.socket.recv(&mut self.receive).await?;
-            let mut offset = 0;
-            while offset < self.receive.len() {
-                let message =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.receive[offset..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                offset += aligned(message.header.length as usize);
-                if message.header.sequence_number != sequence {
+            for message in RawMessages::new(&self.receive) {
+                let message = message?;
+                if message.sequence != sequence {
                     continue;
                 }
-                if message.header.flags & NLM_F_DUMP_INTR != 0 {
+                if message.flags & NLM_F_DUMP_INTR != 0 {
                     interrupted = true;
                 }
-                match message.payload {
-                    NetlinkPayload::Done(_) => {
-                        return Ok(if interrupted { None } else { Some(routes) });
+                match message.kind {
+                    NLMSG_DONE => return Ok(if interrupted { None } else { Some(routes) }),
+                    NLMSG_ERROR => {
+                        let code = message.error_code();
+                        if code != 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
                     }
-                    NetlinkPayload::Error(error) if error.code.is_some() => {
-                        return Err(error.to_io());
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-                        // Older kernels ignore the filter; check it here too.
-                        if u8::from(route.header.protocol) == protocol
-                            && route_table(&route) == table
-                            && let Some(route) = kernel_route(&route)
+                    RTM_NEWROUTE => {
+                        if let Some((route, route_protocol, route_table)) =
+                            parse_route(message.payload)
+                            // Older kernels ignore the filter; check it here too.
+                            && route_protocol == protocol
+                            && route_table == table
                         {
                             routes.push(route);
                         }
@@ -220,25 +219,20 @@ impl RouteSocket {
                 }
                 return Err(error);
             }
-            let mut offset = 0;
-            while offset < self.receive.len() {
-                let message =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.receive[offset..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                offset += aligned(message.header.length as usize);
-                let sequence = message.header.sequence_number;
-                if sequence.wrapping_sub(first_sequence)
-                    > closing_sequence.wrapping_sub(first_sequence)
-                {
+            for message in RawMessages::new(&self.receive) {
+                let message = message?;
+                let sequence = message.sequence;
+                let in_batch = sequence.wrapping_sub(first_sequence)
+                    <= closing_sequence.wrapping_sub(first_sequence);
+                if !in_batch || message.kind != NLMSG_ERROR {
                     continue;
                 }
-                if let NetlinkPayload::Error(error) = message.payload {
-                    if error.code.is_some() {
-                        refused.push((sequence, error.to_io()));
-                    }
-                    if sequence == closing_sequence {
-                        return Ok(refused);
-                    }
+                let code = message.error_code();
+                if code != 0 {
+                    refused.push((sequence, io::Error::from_raw_os_error(-code)));
+                }
+                if sequence == closing_sequence {
+                    return Ok(refused);
                 }
             }
         }
@@ -267,54 +261,149 @@ fn set_table(message: &mut RouteMessage, table: u32) {
     message.attributes.push(RouteAttribute::Table(table));
 }
 
-fn route_table(route: &RouteMessage) -> u32 {
-    route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Table(table) => Some(*table),
-            _ => None,
-        })
-        .unwrap_or(u32::from(route.header.table))
+// Dumps are parsed straight from the bytes rather than through `netlink-packet-route`'s
+// message types: those build a vector of every attribute of every route, which for a dump
+// of tens of thousands of routes costs as much as the kernel's own work. Only the fields
+// the reconciler compares are read; the layouts are the kernel's stable UAPI
+// (`struct nlmsghdr`, `struct rtmsg`, `struct rtattr`).
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const RTM_NEWROUTE: u16 = 24;
+const NLMSG_HEADER_LEN: usize = 16;
+const RTMSG_LEN: usize = 12;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_MULTIPATH: u16 = 9;
+const RTA_TABLE: u16 = 15;
+const RTN_UNICAST: u8 = 1;
+const RTN_BLACKHOLE: u8 = 6;
+const RTNH_F_ONLINK: u32 = 4;
+
+/// One netlink message in a receive buffer.
+struct RawMessage<'a> {
+    kind: u16,
+    flags: u16,
+    sequence: u32,
+    payload: &'a [u8],
 }
 
-/// Reads a dumped route into the reconciler's terms; `None` for non-IPv4 oddities.
-fn kernel_route(route: &RouteMessage) -> Option<KernelRoute> {
+impl RawMessage<'_> {
+    /// The (negative errno or 0) code of an `NLMSG_ERROR`.
+    fn error_code(&self) -> i32 {
+        self.payload
+            .get(..4)
+            .map(|bytes| i32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            .unwrap_or(-EPROTO)
+    }
+}
+
+/// Iterates over the netlink messages of one receive buffer.
+struct RawMessages<'a> {
+    buffer: &'a [u8],
+}
+
+impl<'a> RawMessages<'a> {
+    fn new(buffer: &'a [u8]) -> Self {
+        Self { buffer }
+    }
+}
+
+impl<'a> Iterator for RawMessages<'a> {
+    type Item = io::Result<RawMessage<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.len() < NLMSG_HEADER_LEN {
+            return None;
+        }
+        let length = read_u32(self.buffer, 0) as usize;
+        if length < NLMSG_HEADER_LEN || length > self.buffer.len() {
+            self.buffer = &[];
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("netlink message claims {length} bytes"),
+            )));
+        }
+        let message = RawMessage {
+            kind: read_u16(self.buffer, 4),
+            flags: read_u16(self.buffer, 6),
+            sequence: read_u32(self.buffer, 8),
+            payload: &self.buffer[NLMSG_HEADER_LEN..length],
+        };
+        self.buffer = &self.buffer[aligned(length).min(self.buffer.len())..];
+        Some(Ok(message))
+    }
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Reads an `RTM_NEWROUTE` payload: the route in the reconciler's terms, its protocol and
+/// its table. `None` for routes that are not IPv4 or are malformed.
+fn parse_route(payload: &[u8]) -> Option<(KernelRoute, u8, u32)> {
+    const AF_INET: u8 = 2;
+    if payload.len() < RTMSG_LEN || payload[0] != AF_INET {
+        return None;
+    }
+    let prefix_len = payload[1];
+    let tos = payload[3];
+    let mut table = u32::from(payload[4]);
+    let protocol = payload[5];
+    let kind = payload[7];
+    let flags = read_u32(payload, 8);
+
     let mut destination = Ipv4Addr::UNSPECIFIED;
     let mut gateway = None;
     let mut interface_index = None;
     let mut priority = 0;
     let mut multipath = false;
-    for attribute in &route.attributes {
-        match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(address)) => destination = *address,
-            RouteAttribute::Gateway(RouteAddress::Inet(address)) => gateway = Some(*address),
-            RouteAttribute::Oif(index) => interface_index = Some(*index),
-            RouteAttribute::Priority(value) => priority = *value,
-            RouteAttribute::MultiPath(_) => multipath = true,
+    let mut attributes = &payload[RTMSG_LEN..];
+    while attributes.len() >= 4 {
+        let length = usize::from(read_u16(attributes, 0));
+        if length < 4 || length > attributes.len() {
+            return None;
+        }
+        let value = &attributes[4..length];
+        match (read_u16(attributes, 2), value.len()) {
+            (RTA_DST, 4) => destination = Ipv4Addr::new(value[0], value[1], value[2], value[3]),
+            (RTA_GATEWAY, 4) => {
+                gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3]))
+            }
+            (RTA_OIF, 4) => interface_index = Some(read_u32(value, 0)),
+            (RTA_PRIORITY, 4) => priority = read_u32(value, 0),
+            (RTA_TABLE, 4) => table = read_u32(value, 0),
+            (RTA_MULTIPATH, _) => multipath = true,
             _ => {}
         }
+        attributes = &attributes[aligned(length).min(attributes.len())..];
     }
-    let destination = Ipv4Net::new(destination, route.header.destination_prefix_length).ok()?;
-    let target = match (route.header.kind, gateway, interface_index) {
+
+    let destination = Ipv4Net::new(destination, prefix_len).ok()?;
+    let target = match (kind, gateway, interface_index) {
         _ if multipath => RouteTarget::Other,
-        (RouteType::BlackHole, _, _) => RouteTarget::Blackhole,
-        (RouteType::Unicast, Some(gateway), Some(interface_index)) => RouteTarget::Gateway {
+        (RTN_BLACKHOLE, _, _) => RouteTarget::Blackhole,
+        (RTN_UNICAST, Some(gateway), Some(interface_index)) => RouteTarget::Gateway {
             gateway,
             interface_index,
-            onlink: route.header.flags.contains(RouteFlags::Onlink),
+            onlink: flags & RTNH_F_ONLINK != 0,
         },
-        (RouteType::Unicast, None, Some(interface_index)) => {
-            RouteTarget::Device { interface_index }
-        }
+        (RTN_UNICAST, None, Some(interface_index)) => RouteTarget::Device { interface_index },
         _ => RouteTarget::Other,
     };
-    Some(KernelRoute {
+    let route = KernelRoute {
         destination,
-        tos: route.header.tos,
+        tos,
         priority,
         target,
-    })
+    };
+    Some((route, protocol, table))
 }
 
 /// Appends the request for one change to `out`.
@@ -410,6 +499,77 @@ fn set_target(route: &mut RouteMessage, target: RouteTarget) {
             // Never desired (the plan only asks for the kinds above); encode as a blackhole
             // so an impossible request still cannot misroute.
             route.header.kind = RouteType::BlackHole;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(change: RouteChange, table: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_change(&change, table, 84, 7, &mut out);
+        out
+    }
+
+    /// What the encoder writes for a route, the dump parser reads back (the kernel's dump
+    /// uses the same layout as a request).
+    #[test]
+    fn parser_reads_what_the_encoder_writes() {
+        let destination: Ipv4Net = "10.244.3.0/26".parse().expect("test CIDR");
+        let targets = [
+            RouteTarget::Blackhole,
+            RouteTarget::Gateway {
+                gateway: Ipv4Addr::new(10, 244, 3, 0),
+                interface_index: 9,
+                onlink: true,
+            },
+            RouteTarget::Gateway {
+                gateway: Ipv4Addr::new(198, 18, 0, 2),
+                interface_index: 2,
+                onlink: false,
+            },
+            RouteTarget::Device { interface_index: 4 },
+        ];
+        for table in [254, 1000] {
+            for target in targets {
+                let bytes = encoded(
+                    RouteChange::Create {
+                        destination,
+                        target,
+                    },
+                    table,
+                );
+                let messages: Vec<_> = RawMessages::new(&bytes)
+                    .collect::<io::Result<_>>()
+                    .expect("well-formed messages");
+                assert_eq!(messages.len(), 1);
+                assert_eq!(messages[0].kind, RTM_NEWROUTE);
+                assert_eq!(messages[0].sequence, 7);
+                let (route, protocol, parsed_table) =
+                    parse_route(messages[0].payload).expect("an IPv4 route");
+                assert_eq!(route.destination, destination);
+                assert_eq!(route.target, target);
+                assert_eq!((protocol, parsed_table), (84, table));
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_buffers_are_errors_not_panics() {
+        let bytes = encoded(
+            RouteChange::Create {
+                destination: "10.0.0.0/8".parse().expect("test CIDR"),
+                target: RouteTarget::Blackhole,
+            },
+            254,
+        );
+        for cut in 0..bytes.len() {
+            let parsed: Vec<_> = RawMessages::new(&bytes[..cut]).collect();
+            assert!(parsed.iter().all(Result::is_err), "cut at {cut}");
+            let payload = &bytes[NLMSG_HEADER_LEN.min(cut)..cut];
+            let _ = parse_route(payload);
         }
     }
 }

@@ -5,7 +5,7 @@
 //! replaced or deleted; routes made by the CNI plugin (same protocol, on a `cali*`
 //! interface) are left alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 
@@ -244,7 +244,7 @@ impl RouteSyncReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostInterfaces {
     index_by_name: HashMap<String, u32>,
-    name_by_index: HashMap<u32, String>,
+    cni_owned: HashSet<u32>,
     addresses: Vec<(u32, Ipv4Net)>,
 }
 
@@ -252,8 +252,10 @@ impl HostInterfaces {
     /// Records an interface.
     pub fn add_interface(&mut self, index: u32, name: impl Into<String>) {
         let name = name.into();
-        self.index_by_name.insert(name.clone(), index);
-        self.name_by_index.insert(index, name);
+        if name.starts_with(CNI_INTERFACE_PREFIX) {
+            self.cni_owned.insert(index);
+        }
+        self.index_by_name.insert(name, index);
     }
 
     /// Records an IPv4 address (with its prefix) of an interface.
@@ -268,9 +270,7 @@ impl HostInterfaces {
 
     /// Whether the interface is a pod's host side, whose routes belong to the CNI plugin.
     pub fn is_cni_owned(&self, index: u32) -> bool {
-        self.name_by_index
-            .get(&index)
-            .is_some_and(|name| name.starts_with(CNI_INTERFACE_PREFIX))
+        self.cni_owned.contains(&index)
     }
 
     /// The interface whose subnet holds `address` (longest prefix wins), ignoring host
@@ -293,17 +293,18 @@ impl HostInterfaces {
     }
 }
 
-/// The routes the spec asks for, keyed by destination, and the blocks that cannot be
-/// routed with the interfaces the host has.
+/// The routes the spec asks for, sorted by destination with one route per destination
+/// (the first listing wins; the spec's validation rejects duplicates), and the blocks that
+/// cannot be routed with the interfaces the host has.
 pub fn desired_routes(
     spec: &DataplaneSpec,
     interfaces: &HostInterfaces,
-) -> (HashMap<Ipv4Net, RouteTarget>, Vec<Unroutable>) {
-    let mut desired = HashMap::with_capacity(spec.local_blocks.len() + spec.remote_blocks.len());
+) -> (Vec<(Ipv4Net, RouteTarget)>, Vec<Unroutable>) {
+    let mut desired = Vec::with_capacity(spec.local_blocks.len() + spec.remote_blocks.len());
     let mut unroutable = Vec::new();
 
     for block in &spec.local_blocks {
-        desired.insert(*block, RouteTarget::Blackhole);
+        desired.push((*block, RouteTarget::Blackhole));
     }
 
     let vxlan_index = spec
@@ -331,9 +332,7 @@ pub fn desired_routes(
             Encapsulation::Ipip => tunnel_target(ipip_index, "IPIP", remote.node_address),
         };
         match target {
-            Ok(target) => {
-                desired.insert(remote.cidr, target);
-            }
+            Ok(target) => desired.push((remote.cidr, target)),
             Err(reason) => unroutable.push(Unroutable {
                 block: remote.cidr,
                 node_name: remote.node_name.clone(),
@@ -342,6 +341,9 @@ pub fn desired_routes(
         }
     }
 
+    // Stable sort, so of two listings of one destination the first stays first.
+    desired.sort_by_key(|(destination, _)| *destination);
+    desired.dedup_by_key(|(destination, _)| *destination);
     (desired, unroutable)
 }
 
@@ -362,9 +364,13 @@ fn tunnel_target(
 }
 
 /// The changes that make `current` (the kernel's routes of Tortie's protocol in the table)
-/// equal to `desired`. Routes for which `keep` is true are neither replaced nor deleted.
+/// equal to `desired` (sorted by destination, one route each, as [`desired_routes`] makes
+/// it). Routes for which `keep` is true are neither replaced nor deleted.
+///
+/// A merge of two sorted lists rather than hash lookups: resyncs compare tens of thousands
+/// of routes, and sorting the kernel's list is cheaper than hashing both.
 pub fn plan(
-    desired: &HashMap<Ipv4Net, RouteTarget>,
+    desired: &[(Ipv4Net, RouteTarget)],
     current: &[KernelRoute],
     keep: impl Fn(&KernelRoute) -> bool,
 ) -> RoutePlan {
@@ -373,26 +379,28 @@ pub fn plan(
     let mut creates = Vec::new();
     let mut unchanged = 0;
     let mut kept = 0;
-    let mut present: HashMap<Ipv4Net, RouteTarget> = HashMap::with_capacity(current.len());
 
+    let mut present: Vec<&KernelRoute> = Vec::with_capacity(current.len());
     for route in current {
         if keep(route) {
             kept += 1;
-            continue;
-        }
-        let is_primary = route.tos == 0 && route.priority == 0;
-        if is_primary && desired.contains_key(&route.destination) {
-            present.insert(route.destination, route.target);
         } else {
-            // Not wanted at all, or a second route for a wanted prefix with another
-            // metric/TOS that would shadow or back up Tortie's own.
-            deletes.push(RouteChange::Delete(*route));
+            present.push(route);
         }
     }
+    // Within one destination the primary route (TOS 0, priority 0) sorts first.
+    present.sort_unstable_by_key(|route| (route.destination, route.tos, route.priority));
 
+    let mut present = present.into_iter().peekable();
     for (destination, target) in desired {
-        match present.get(destination) {
-            Some(existing) if existing == target => unchanged += 1,
+        while let Some(route) = present.next_if(|route| route.destination < *destination) {
+            deletes.push(RouteChange::Delete(*route));
+        }
+        let primary = present.next_if(|route| {
+            route.destination == *destination && route.tos == 0 && route.priority == 0
+        });
+        match primary {
+            Some(route) if route.target == *target => unchanged += 1,
             Some(_) => replaces.push(RouteChange::Replace {
                 destination: *destination,
                 target: *target,
@@ -402,11 +410,13 @@ pub fn plan(
                 target: *target,
             }),
         }
+        // Further routes for a wanted prefix with another metric or TOS would shadow or
+        // back up Tortie's own.
+        while let Some(route) = present.next_if(|route| route.destination == *destination) {
+            deletes.push(RouteChange::Delete(*route));
+        }
     }
-
-    // Sorted so that plans (and the order routes appear in) do not depend on hashing.
-    replaces.sort_by_key(RouteChange::destination);
-    creates.sort_by_key(RouteChange::destination);
+    deletes.extend(present.map(|route| RouteChange::Delete(*route)));
 
     let mut changes = deletes;
     changes.extend(replaces);
@@ -532,24 +542,28 @@ mod tests {
 
         let (desired, unroutable) = desired_routes(&spec, &host());
 
-        assert_eq!(desired[&net("10.244.1.0/26")], RouteTarget::Blackhole);
         assert_eq!(
-            desired[&net("10.244.2.0/26")],
-            RouteTarget::Gateway {
-                gateway: ip("198.18.0.2"),
-                interface_index: 2,
-                onlink: false
-            }
+            desired,
+            vec![
+                (net("10.244.1.0/26"), RouteTarget::Blackhole),
+                (
+                    net("10.244.2.0/26"),
+                    RouteTarget::Gateway {
+                        gateway: ip("198.18.0.2"),
+                        interface_index: 2,
+                        onlink: false
+                    }
+                ),
+                (
+                    net("10.244.3.0/26"),
+                    RouteTarget::Gateway {
+                        gateway: ip("10.244.3.0"),
+                        interface_index: 3,
+                        onlink: true
+                    }
+                ),
+            ]
         );
-        assert_eq!(
-            desired[&net("10.244.3.0/26")],
-            RouteTarget::Gateway {
-                gateway: ip("10.244.3.0"),
-                interface_index: 3,
-                onlink: true
-            }
-        );
-        assert_eq!(desired.len(), 3);
         let blocks: Vec<_> = unroutable.iter().map(|u| u.block).collect();
         assert_eq!(blocks, vec![net("10.244.4.0/26"), net("10.244.5.0/26")]);
         assert!(
@@ -594,12 +608,11 @@ mod tests {
             interface_index: 2,
             onlink: false,
         };
-        let desired: HashMap<_, _> = [
+        let desired = [
             (net("10.244.1.0/26"), RouteTarget::Blackhole),
             (net("10.244.2.0/26"), via_b),
             (net("10.244.3.0/26"), via_c),
-        ]
-        .into();
+        ];
         let pod = kernel("10.244.1.5/32", RouteTarget::Device { interface_index: 7 });
         let current = vec![
             kernel("10.244.1.0/26", RouteTarget::Blackhole),
@@ -634,7 +647,7 @@ mod tests {
 
     #[test]
     fn a_second_metric_for_a_wanted_prefix_is_removed() {
-        let desired: HashMap<_, _> = [(net("10.244.1.0/26"), RouteTarget::Blackhole)].into();
+        let desired = [(net("10.244.1.0/26"), RouteTarget::Blackhole)];
         let mut shadow = kernel("10.244.1.0/26", RouteTarget::Blackhole);
         shadow.priority = 10;
         let plan = plan(&desired, &[shadow], |_| false);
@@ -668,9 +681,22 @@ mod tests {
             ]
         }
 
-        fn routes() -> impl Strategy<Value = HashMap<Ipv4Net, RouteTarget>> {
-            proptest::collection::hash_map(
+        fn desired_routes() -> impl Strategy<Value = Vec<(Ipv4Net, RouteTarget)>> {
+            proptest::collection::btree_map(
                 (0u8..64).prop_map(|i| net(&format!("10.244.{i}.0/26"))),
+                target().prop_filter("never desired", |t| *t != RouteTarget::Other),
+                0..40,
+            )
+            .prop_map(|routes| routes.into_iter().collect())
+        }
+
+        /// Kernel routes keyed by destination and priority (0 = Tortie's primary).
+        fn kernel_routes() -> impl Strategy<Value = HashMap<(Ipv4Net, u32), RouteTarget>> {
+            proptest::collection::hash_map(
+                (
+                    (0u8..64).prop_map(|i| net(&format!("10.244.{i}.0/26"))),
+                    prop_oneof![3 => Just(0u32), 1 => Just(10u32)],
+                ),
                 target(),
                 0..40,
             )
@@ -680,38 +706,42 @@ mod tests {
             /// Applying the plan to the current set yields exactly the desired set, and a
             /// second plan against the result is empty.
             #[test]
-            fn plan_converges(desired in routes(), current in routes()) {
-                let desired: HashMap<_, _> = desired
-                    .into_iter()
-                    .filter(|(_, t)| *t != RouteTarget::Other)
-                    .collect();
-                let current_routes: Vec<_> = current
-                    .iter()
-                    .map(|(d, t)| KernelRoute { destination: *d, tos: 0, priority: 0, target: *t })
-                    .collect();
+            fn plan_converges(desired in desired_routes(), current in kernel_routes()) {
+                let as_kernel = |state: &HashMap<(Ipv4Net, u32), RouteTarget>| -> Vec<KernelRoute> {
+                    state
+                        .iter()
+                        .map(|((destination, priority), target)| KernelRoute {
+                            destination: *destination,
+                            tos: 0,
+                            priority: *priority,
+                            target: *target,
+                        })
+                        .collect()
+                };
 
-                let first = plan(&desired, &current_routes, |_| false);
+                let first = plan(&desired, &as_kernel(&current), |_| false);
                 let mut kernel_state = current.clone();
                 for change in &first.changes {
                     match change {
                         RouteChange::Delete(route) => {
-                            prop_assert!(kernel_state.remove(&route.destination).is_some());
+                            let key = (route.destination, route.priority);
+                            prop_assert!(kernel_state.remove(&key).is_some());
                         }
                         RouteChange::Replace { destination, target } => {
-                            prop_assert!(kernel_state.insert(*destination, *target).is_some());
+                            let key = (*destination, 0);
+                            prop_assert!(kernel_state.insert(key, *target).is_some());
                         }
                         RouteChange::Create { destination, target } => {
-                            prop_assert!(kernel_state.insert(*destination, *target).is_none());
+                            let key = (*destination, 0);
+                            prop_assert!(kernel_state.insert(key, *target).is_none());
                         }
                     }
                 }
-                prop_assert_eq!(&kernel_state, &desired);
+                let wanted: HashMap<_, _> =
+                    desired.iter().map(|(d, t)| ((*d, 0), *t)).collect();
+                prop_assert_eq!(&kernel_state, &wanted);
 
-                let after: Vec<_> = kernel_state
-                    .iter()
-                    .map(|(d, t)| KernelRoute { destination: *d, tos: 0, priority: 0, target: *t })
-                    .collect();
-                let second = plan(&desired, &after, |_| false);
+                let second = plan(&desired, &as_kernel(&kernel_state), |_| false);
                 prop_assert!(second.changes.is_empty());
                 prop_assert_eq!(second.unchanged, desired.len());
             }
