@@ -190,17 +190,50 @@ impl Validate for DataplaneSpec {
             );
         }
 
-        let mut owners: HashMap<Ipv4Net, FieldPath> = HashMap::new();
-        for (i, block) in self.local_blocks.iter().enumerate() {
-            let at = path.child("localBlocks").index(i);
-            claim_block(&mut owners, *block, at, errors);
+        // Paths are only built for errors: specs can list tens of thousands of blocks.
+        let block_path = |at: BlockAt| match at {
+            BlockAt::Local(i) => path.child("localBlocks").index(i),
+            BlockAt::Remote(i) => path.child("remoteBlocks").index(i).child("cidr"),
+        };
+        let mut blocks: Vec<(Ipv4Net, BlockAt)> = self
+            .local_blocks
+            .iter()
+            .enumerate()
+            .map(|(i, block)| (*block, BlockAt::Local(i)))
+            .chain(
+                self.remote_blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, remote)| (remote.cidr, BlockAt::Remote(i))),
+            )
+            .collect();
+        for (block, at) in &blocks {
+            if block.trunc() != *block {
+                errors.push(
+                    &block_path(*at),
+                    format!("{block} has host bits set; did you mean {}?", block.trunc()),
+                );
+            }
         }
+        blocks.sort_unstable();
+        for pair in blocks.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                errors.push(
+                    &block_path(pair[1].1),
+                    format!(
+                        "block {} is listed twice (also at {}); a block has one route",
+                        pair[0].0,
+                        block_path(pair[0].1)
+                    ),
+                );
+            }
+        }
+
         for (i, remote) in self.remote_blocks.iter().enumerate() {
-            let at = path.child("remoteBlocks").index(i);
-            claim_block(&mut owners, remote.cidr, at.child("cidr"), errors);
+            let at = || path.child("remoteBlocks").index(i);
             match remote.encapsulation {
                 Encapsulation::Vxlan { .. } if self.vxlan.is_none() => errors.push(
-                    &at.child("encapsulation"),
+                    &at().child("encapsulation"),
                     format!(
                         "block {} of node {} is reached by VXLAN but this node has no VXLAN \
                          device; set vxlan",
@@ -208,7 +241,7 @@ impl Validate for DataplaneSpec {
                     ),
                 ),
                 Encapsulation::Ipip if self.ipip.is_none() => errors.push(
-                    &at.child("encapsulation"),
+                    &at().child("encapsulation"),
                     format!(
                         "block {} of node {} is reached by IPIP but this node has no IPIP \
                          device; set ipip",
@@ -261,26 +294,11 @@ impl Validate for DataplaneSpec {
     }
 }
 
-fn claim_block(
-    owners: &mut HashMap<Ipv4Net, FieldPath>,
-    block: Ipv4Net,
-    at: FieldPath,
-    errors: &mut ValidationErrors,
-) {
-    if block.trunc() != block {
-        errors.push(
-            &at,
-            format!("{block} has host bits set; did you mean {}?", block.trunc()),
-        );
-    }
-    if let Some(first) = owners.get(&block) {
-        errors.push(
-            &at,
-            format!("block {block} is listed twice (first at {first}); a block has one route"),
-        );
-    } else {
-        owners.insert(block, at);
-    }
+/// Where a block is listed in the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum BlockAt {
+    Local(usize),
+    Remote(usize),
 }
 
 fn check_device_name(name: &str, at: &FieldPath, errors: &mut ValidationErrors) {
@@ -458,5 +476,120 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.connection_task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(cidr: &str, encapsulation: Encapsulation) -> RemoteBlock {
+        RemoteBlock {
+            cidr: cidr.parse().expect("test CIDR"),
+            node_name: "node-b".into(),
+            node_address: Ipv4Addr::new(198, 18, 0, 2),
+            encapsulation,
+        }
+    }
+
+    fn messages(spec: &DataplaneSpec) -> Vec<String> {
+        match spec.validate() {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_consistent_spec_is_valid() {
+        let mut spec = DataplaneSpec::new("node-a");
+        spec.local_blocks = vec!["10.244.1.0/26".parse().expect("test CIDR")];
+        spec.remote_blocks = vec![remote("10.244.2.0/26", Encapsulation::Direct)];
+        assert_eq!(messages(&spec), Vec::<String>::new());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_rule() {
+        let mut spec = DataplaneSpec::new("node-a");
+        spec.route_table = 255;
+        spec.local_blocks = vec!["10.244.1.0/26".parse().expect("test CIDR")];
+        spec.remote_blocks = vec![
+            remote("10.244.1.0/26", Encapsulation::Direct),
+            remote("10.244.2.7/26", Encapsulation::Ipip),
+            remote(
+                "10.244.3.0/26",
+                Encapsulation::Vxlan {
+                    tunnel_address: Ipv4Addr::new(10, 244, 3, 0),
+                    vtep_mac: vtep_mac("node-b"),
+                },
+            ),
+        ];
+        assert_eq!(
+            messages(&spec),
+            vec![
+                "routeTable: table 255 is reserved by the kernel; use 254 (main) or a table of \
+                 your own",
+                "remoteBlocks[1].cidr: 10.244.2.7/26 has host bits set; did you mean \
+                 10.244.2.0/26?",
+                "remoteBlocks[0].cidr: block 10.244.1.0/26 is listed twice (also at \
+                 localBlocks[0]); a block has one route",
+                "remoteBlocks[1].encapsulation: block 10.244.2.7/26 of node node-b is reached \
+                 by IPIP but this node has no IPIP device; set ipip",
+                "remoteBlocks[2].encapsulation: block 10.244.3.0/26 of node node-b is reached \
+                 by VXLAN but this node has no VXLAN device; set vxlan",
+            ]
+        );
+    }
+
+    #[test]
+    fn vxlan_settings_are_checked() {
+        let mut spec = DataplaneSpec::new("node-a");
+        let mut vxlan = VxlanSpec::for_node(
+            "node-a",
+            Ipv4Addr::new(198, 18, 0, 1),
+            Ipv4Addr::new(10, 244, 1, 0),
+        );
+        vxlan.vni = 1 << 24;
+        vxlan.device = "a-name-longer-than-15".into();
+        vxlan.mtu = 20;
+        spec.vxlan = Some(vxlan);
+        assert_eq!(
+            messages(&spec),
+            vec![
+                "vxlan.device: \"a-name-longer-than-15\" is not a Linux interface name (1 to 15 \
+                 bytes, no '/', ':' or spaces)",
+                "vxlan.vni: a VNI is between 1 and 16777215",
+                "vxlan.mtu: MTU 20 is outside 68..=65535",
+            ]
+        );
+    }
+
+    #[test]
+    fn one_tunnel_address_cannot_have_two_vteps() {
+        let mut spec = DataplaneSpec::new("node-a");
+        spec.vxlan = Some(VxlanSpec::for_node(
+            "node-a",
+            Ipv4Addr::new(198, 18, 0, 1),
+            Ipv4Addr::new(10, 244, 1, 0),
+        ));
+        let tunnel_address = Ipv4Addr::new(10, 244, 2, 0);
+        spec.remote_blocks = vec![
+            remote(
+                "10.244.2.0/26",
+                Encapsulation::Vxlan {
+                    tunnel_address,
+                    vtep_mac: vtep_mac("node-b"),
+                },
+            ),
+            remote(
+                "10.244.2.64/26",
+                Encapsulation::Vxlan {
+                    tunnel_address,
+                    vtep_mac: vtep_mac("node-c"),
+                },
+            ),
+        ];
+        let found = messages(&spec);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("remoteBlocks[1].encapsulation: tunnel address 10.244.2.0"));
     }
 }
