@@ -217,6 +217,29 @@ fn vxlan_routes_carry_pod_traffic_encapsulated() {
         cluster.nodes[0].ip(&["neigh", "show", "dev", "vxlan.calico"]),
         neighbours
     );
+
+    // The pool moves to direct routing and the MTU changes: the device is updated in place
+    // and its static entries for the old peer go.
+    let index_before = cluster.nodes[0].ip(&["-o", "link", "show", "vxlan.calico"]);
+    let mut moved = spec(0, Mode::Direct);
+    let mut vxlan = spec(0, Mode::Vxlan)
+        .vxlan
+        .expect("the VXLAN spec has a device");
+    vxlan.mtu = 1400;
+    moved.vxlan = Some(vxlan);
+    let report = reconcile(&cluster, 0, &moved).expect("reconcile after the move succeeds");
+    assert_eq!(report.replaced, 1, "{report:?}");
+    let index_after = cluster.nodes[0].ip(&["-o", "link", "show", "vxlan.calico"]);
+    assert!(index_after.contains("mtu 1400"), "{index_after}");
+    assert_eq!(
+        index_before.split(':').next(),
+        index_after.split(':').next(),
+        "same device, not a new one"
+    );
+    let neighbours = cluster.nodes[0].ip(&["neigh", "show", "dev", "vxlan.calico"]);
+    assert!(neighbours.trim().is_empty(), "{neighbours}");
+    let fdb = cluster.nodes[0].exec_ok("bridge", &["fdb", "show", "dev", "vxlan.calico"]);
+    assert!(!fdb.contains(&vtep_mac("node-1").to_string()), "{fdb}");
 }
 
 #[test]
@@ -458,4 +481,70 @@ fn ipip_routes_carry_pod_traffic_when_the_kernel_has_ipip() {
         "pod 0 reaches pod 1 through IPIP"
     );
     assert!(link_stats(&cluster, 0, "tunl0") > sent_before);
+}
+
+#[test]
+fn resync_loop_restores_a_route_deleted_by_hand() {
+    if skip("resync_loop_restores_a_route_deleted_by_hand") {
+        return;
+    }
+    let cluster = Cluster::new(2);
+    let node = &cluster.nodes[0];
+    let proto = ROUTE_PROTOCOL.to_string();
+    let route_present = || {
+        !node
+            .ip(&["route", "show", "10.244.2.0/26", "proto", &proto])
+            .trim()
+            .is_empty()
+    };
+
+    node.block_on(|| async {
+        let (specs, spec_updates) = tokio::sync::watch::channel(spec(0, Mode::Direct));
+        let (results, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+        let dataplane = Dataplane::connect().expect("connect to the node's kernel");
+        // A period long enough that only the first tick and kernel events drive it.
+        let resync = tokio::spawn(tortie_node_agent::dataplane::watch::run(
+            dataplane,
+            spec_updates,
+            Duration::from_secs(3600),
+            move |result| {
+                let _ = results.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            },
+        ));
+        next_outcome(&mut outcomes).await;
+        assert!(route_present(), "the first pass programs the route");
+
+        dataplane_support::run(
+            "ip",
+            &[
+                "-n",
+                &node.name,
+                "route",
+                "del",
+                "10.244.2.0/26",
+                "proto",
+                &proto,
+            ],
+        );
+        // Resyncs also follow the loop's own changes; wait for the one that restores it.
+        while !route_present() {
+            next_outcome(&mut outcomes).await;
+        }
+
+        drop(specs);
+        tokio::time::timeout(Duration::from_secs(5), resync)
+            .await
+            .expect("the loop ends when the spec sender goes")
+            .expect("the loop task does not panic")
+            .expect("the loop ends cleanly");
+    });
+}
+
+/// The next resync outcome of the loop, which must come within 5 s and be a success.
+async fn next_outcome(outcomes: &mut tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>) {
+    tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("a resync happens within 5 s")
+        .expect("the loop is running")
+        .expect("the resync succeeds");
 }

@@ -522,6 +522,13 @@ fn neighbour_fields(entry: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<VtepM
     for attribute in &entry.attributes {
         match attribute {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => destination = Some(*ip),
+            // FDB entries are of the bridge family, so their IPv4 destination arrives as
+            // four raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                destination = <[u8; 4]>::try_from(bytes.as_slice())
+                    .ok()
+                    .map(Ipv4Addr::from);
+            }
             NeighbourAttribute::LinkLayerAddress(bytes) => {
                 mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(VtepMac);
             }
