@@ -412,14 +412,21 @@ impl Dataplane {
 
         nat::apply(&spec.nat).await?;
 
-        info!(
-            node = %spec.node_name,
-            created = report.created,
-            replaced = report.replaced,
-            deleted = report.deleted,
-            unchanged = report.unchanged,
-            "Data path reconciled"
-        );
+        // Info only when the kernel was changed: periodic passes that find nothing to do
+        // would otherwise fill the log.
+        let changed = report.created + report.replaced + report.deleted;
+        if changed > 0 {
+            info!(
+                node = %spec.node_name,
+                created = report.created,
+                replaced = report.replaced,
+                deleted = report.deleted,
+                unchanged = report.unchanged,
+                "Data path reconciled"
+            );
+        } else {
+            debug!(node = %spec.node_name, unchanged = report.unchanged, "Data path in sync");
+        }
         report.into_result()
     }
 

@@ -32,8 +32,9 @@ use super::routes::{KernelRoute, RouteChange, RoutePlan, RouteTarget};
 const BATCH_BYTES: usize = 48 * 1024;
 
 /// Requests sent in one `sendmsg`. Bounds how many failure reports can queue up at once,
-/// so they fit the receive buffer even if every request in a batch fails.
-const BATCH_REQUESTS: usize = 1024;
+/// so they fit the receive buffer even if every request in a batch fails and the host
+/// caps receive buffers at the usual 208 KiB (about 768 bytes of buffer per report).
+const BATCH_REQUESTS: usize = 256;
 
 /// Receive buffer asked for: room for the failure reports of a whole batch.
 const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
