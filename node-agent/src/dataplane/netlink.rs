@@ -5,8 +5,9 @@
 //! as much per route as `ip -batch`. Here many requests share one `sendmsg` (the kernel
 //! handles them one after another inside that call), only the last one asks for an
 //! acknowledgement (the kernel reports every failure anyway), and a dump filtered by the
-//! kernel to Tortie's protocol and table is parsed straight from the receive buffer. The
-//! messages themselves are still built and parsed with `netlink-packet-route`.
+//! kernel to Tortie's protocol and table is parsed straight from the receive buffer.
+//! Requests are built with `netlink-packet-route`; dumps and answers are read by the small
+//! parser further down, for the reason given there.
 
 use std::io;
 use std::net::Ipv4Addr;
