@@ -1,10 +1,13 @@
-//! Tortie's per-node pieces as a library: the CNI plugin that wires pods and the agent's
-//! data path (routes, tunnels, NAT). The binaries are thin wiring over it.
+//! Tortie's per-node pieces as a library: the CNI and IPAM plugins that wire pods, the
+//! agent's data path (routes, tunnels, NAT) and the IPAM it serves to the plugins. The
+//! binaries are thin wiring over it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod cni;
 pub mod dataplane;
+pub mod ipam;
 
 /// The route protocol number (`rtm_protocol`) that marks every route Tortie programs.
 ///

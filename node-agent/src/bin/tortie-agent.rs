@@ -1,5 +1,13 @@
+//! The per-node agent: flags and logging, handed to the library.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("tortie-agent {}", env!("CARGO_PKG_VERSION"));
+use clap::Parser;
+use tortie_node_agent::agent::{self, Args};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    agent::init_logging();
+    let args = Args::parse();
+    agent::run(args).await?;
+    Ok(())
 }

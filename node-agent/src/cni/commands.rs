@@ -4,6 +4,8 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use super::agent_ipam::AgentIpam;
+use super::config::AGENT_IPAM_TYPE;
 use super::config::ParsedConfig;
 use super::error::{CniError, ErrorCode};
 use super::invocation::Invocation;
@@ -244,9 +246,18 @@ fn require_1_1(config: &ParsedConfig, command: &str) -> Result<(), CniError> {
     ))
 }
 
-fn delegate_for(invocation: &Invocation, config: &ParsedConfig) -> Result<Delegate, CniError> {
-    let ipam = config.config.require_ipam()?;
-    Delegate::find(&ipam.plugin_type, &invocation.cni_path)
+/// The node agent when `ipam` is absent or `tortie-ipam`, else the named delegate.
+fn delegate_for(invocation: &Invocation, config: &ParsedConfig) -> Result<Box<dyn Ipam>, CniError> {
+    match &config.config.ipam {
+        None => Ok(Box::new(AgentIpam::from_config(None))),
+        Some(ipam) if ipam.plugin_type == AGENT_IPAM_TYPE => {
+            Ok(Box::new(AgentIpam::from_config(Some(ipam))))
+        }
+        Some(ipam) => Ok(Box::new(Delegate::find(
+            &ipam.plugin_type,
+            &invocation.cni_path,
+        )?)),
+    }
 }
 
 fn host_name(invocation: &Invocation) -> String {

@@ -48,8 +48,9 @@ pub struct NetworkConfig {
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
-/// The `ipam` section. `type` names the IPAM plugin to delegate to.
-#[derive(Clone, Debug, Deserialize)]
+/// The `ipam` section. `type` names the IPAM plugin: `tortie-ipam` (the node agent,
+/// also used when the section is absent) or any other plugin, run as a delegate.
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct IpamConfig {
     /// The IPAM plugin binary looked up in `CNI_PATH`.
     #[serde(rename = "type")]
@@ -60,6 +61,42 @@ pub struct IpamConfig {
     /// IPv6 pools (by name or CIDR) the node agent should allocate from.
     #[serde(default)]
     pub ipv6_pools: Vec<String>,
+    /// Whether to allocate an IPv4 address; `true` when absent. Calico writes this as
+    /// the string `"true"` or `"false"`; a JSON boolean is read too.
+    #[serde(default, deserialize_with = "flexible_bool")]
+    pub assign_ipv4: Option<bool>,
+    /// Whether to allocate an IPv6 address; `false` when absent.
+    #[serde(default, deserialize_with = "flexible_bool")]
+    pub assign_ipv6: Option<bool>,
+    /// The node agent's IPAM socket; `/var/run/tortie/ipam.sock` when absent.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+/// The IPAM type served by the node agent.
+pub const AGENT_IPAM_TYPE: &str = "tortie-ipam";
+
+/// Reads `true`, `false`, `"true"` or `"false"` (any case).
+fn flexible_bool<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flexible {
+        Bool(bool),
+        Text(String),
+    }
+    match Option::<Flexible>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Flexible::Bool(value)) => Ok(Some(value)),
+        Some(Flexible::Text(text)) => match text.to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not \"true\" or \"false\""
+            ))),
+        },
+    }
 }
 
 /// One attachment named in a GC request.
@@ -202,6 +239,26 @@ mod tests {
         let ipam = parsed.config.require_ipam().expect("ipam present");
         assert_eq!(ipam.plugin_type, "host-local");
         assert_eq!(ipam.ipv4_pools, vec!["default-ipv4-ippool"]);
+    }
+
+    #[test]
+    fn agent_ipam_fields_read_calico_spellings() {
+        let parsed = parse_str(
+            r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"tortie-cni",
+                "ipam":{"type":"tortie-ipam","assign_ipv4":"false","assign_ipv6":true,
+                        "socket":"/tmp/ipam.sock"}}"#,
+        )
+        .expect("valid config");
+        let ipam = parsed.config.require_ipam().expect("ipam present");
+        assert_eq!(ipam.assign_ipv4, Some(false));
+        assert_eq!(ipam.assign_ipv6, Some(true));
+        assert_eq!(ipam.socket, Some(PathBuf::from("/tmp/ipam.sock")));
+
+        let error = parse_str(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"type":"tortie-ipam","assign_ipv6":"yes"}}"#,
+        )
+        .expect_err("not a boolean");
+        assert!(error.msg.contains("yes"), "{}", error.msg);
     }
 
     #[test]

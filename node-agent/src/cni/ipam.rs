@@ -1,4 +1,5 @@
-//! Address management. Today a delegated IPAM plugin; later the node agent's socket.
+//! Address management: the backend trait, and a delegated IPAM plugin as one backend
+//! (the node agent is the other, in [`super::agent_ipam`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,129 @@
+//! The per-node agent: today it serves IPAM to the plugins on its node; the data path and
+//! the node config it applies plug in beside the IPAM server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::ipam::allocator::Allocator;
+use crate::ipam::protocol::DEFAULT_SOCKET;
+use crate::ipam::server::{self, ServeError};
+use crate::ipam::store::Store;
+
+/// How long requests in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The agent's command line; every flag can also come from the environment.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tortie-agent", version, about = "Tortie's per-node agent")]
+pub struct Args {
+    /// The name of the Node this agent runs on (the Downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Where to serve IPAM to the plugins. The directory is made root-only (0700) and
+    /// the socket 0600.
+    #[arg(long, env = "TORTIE_IPAM_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub ipam_socket: PathBuf,
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No API client could be built (no in-cluster config and no usable KUBECONFIG).
+    #[error(
+        "cannot reach the Kubernetes API: {0}; run in a pod with a service account or set KUBECONFIG"
+    )]
+    Client(#[source] kube::Error),
+    /// The IPAM socket could not be set up or served.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// A signal handler could not be installed.
+    #[error("cannot watch for {signal}: {source}")]
+    Signal {
+        /// The signal.
+        signal: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The node name is empty.
+    #[error("--node-name (NODE_NAME) is empty; set it to this node's name")]
+    NoNodeName,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then removes its socket.
+pub async fn run(args: Args) -> Result<(), AgentError> {
+    if args.node_name.trim().is_empty() {
+        return Err(AgentError::NoNodeName);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(AgentError::Client)?;
+    let allocator = Arc::new(Allocator::new(Store::new(client), args.node_name.clone()));
+
+    let shutdown = shutdown_signal()?;
+    let listener = server::bind(&args.ipam_socket)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = %args.node_name,
+        socket = %args.ipam_socket.display(),
+        "tortie-agent serving IPAM"
+    );
+    let served = server::serve(listener, allocator, shutdown, SHUTDOWN_GRACE).await;
+    server::remove_socket(&args.ipam_socket);
+    tracing::info!("tortie-agent stopped");
+    served.map_err(AgentError::from)
+}
+
+/// Completes on the first SIGTERM (what the kubelet sends) or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` picks the level (`info` when unset).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_defaults() {
+        let args = Args::try_parse_from(["tortie-agent", "--node-name", "worker-1"])
+            .expect("node name is enough");
+        assert_eq!(args.node_name, "worker-1");
+        assert_eq!(args.ipam_socket, PathBuf::from(DEFAULT_SOCKET));
+        let args = Args::try_parse_from([
+            "tortie-agent",
+            "--node-name",
+            "w",
+            "--ipam-socket",
+            "/tmp/x.sock",
+        ])
+        .expect("socket flag");
+        assert_eq!(args.ipam_socket, PathBuf::from("/tmp/x.sock"));
+    }
+}
