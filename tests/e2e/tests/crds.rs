@@ -89,10 +89,18 @@ async fn crds_install_explain_defaults_and_rejections() {
         "{ours}"
     );
 
+    // kubectl wraps the text to its width; the description itself is one paragraph.
     let explained = cluster.kubectl(&["explain", "ippool.spec.blockSize"]);
+    let words = explained.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        explained.contains("DESCRIPTION") && explained.contains("Prefix length of the blocks"),
+        words.contains("DESCRIPTION: Prefix length of the blocks nodes take from this pool")
+            && words.contains("(default 26, 64 addresses)"),
         "{explained}"
+    );
+    let lines: Vec<&str> = explained.lines().map(str::trim).collect();
+    assert!(
+        !lines.contains(&"(default"),
+        "a line break of the source survived: {explained}"
     );
 
     // The classic tutorial's pool, unchanged, is stored with every schema default filled.
