@@ -121,12 +121,13 @@ impl TestCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// `kubectl apply -f -` with `yaml` on stdin; returns kubectl's stdout.
-    pub fn apply_yaml(&self, yaml: &str) -> String {
+    /// Runs kubectl with `input` on its stdin and returns what it printed, whatever the
+    /// outcome: for `-f -` commands, and for checking what the API server refuses.
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
         let mut child = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["apply", "-f", "-"])
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -136,11 +137,16 @@ impl TestCluster {
             .stdin
             .take()
             .expect("stdin was piped")
-            .write_all(yaml.as_bytes())
+            .write_all(input.as_bytes())
             .expect("kubectl reads its stdin");
-        let output = child
+        child
             .wait_with_output()
-            .expect("kubectl runs to completion");
+            .expect("kubectl runs to completion")
+    }
+
+    /// `kubectl apply -f -` with `yaml` on stdin; returns kubectl's stdout.
+    pub fn apply_yaml(&self, yaml: &str) -> String {
+        let output = self.kubectl_with_input(&["apply", "-f", "-"], yaml);
         assert!(
             output.status.success(),
             "kubectl apply failed ({}): {}\n--- manifest ---\n{yaml}",
