@@ -1008,7 +1008,8 @@ fn free_ports<const N: usize>(address: IpAddr) -> Result<[u16; N], Error> {
     Ok(ports)
 }
 
-fn kubernetes_arch() -> &'static str {
+/// The Kubernetes name of this machine's architecture (`amd64`, `arm64`, ...).
+pub fn kubernetes_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -46,6 +46,7 @@ pub mod netns;
 pub mod pki;
 pub mod plan;
 pub mod process;
+pub mod runtime;
 pub mod support;
 
 use std::path::{Path, PathBuf};
