@@ -113,6 +113,15 @@ pub enum Error {
         /// Which ones are missing.
         missing: String,
     },
+    /// The node runtime binary was not found.
+    #[error(
+        "tortie-node-runtime not found (looked at {looked}); build it with \
+         `cargo build -p tortie-e2e --bins` or point TORTIE_NODE_RUNTIME at it"
+    )]
+    NoRuntimeBinary {
+        /// The paths looked at.
+        looked: String,
+    },
     /// `up` found the state of a cluster that is up.
     #[error(
         "cluster {name} is already up (state in {dir}); run `tortie-cluster down --name {name}` \
