@@ -130,7 +130,8 @@ pub fn runtime_binary() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("TORTIE_NODE_RUNTIME") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|source| Error::io(Path::new("/proc/self/exe"), source))?;
+    let exe =
+        std::env::current_exe().map_err(|source| Error::io(Path::new("/proc/self/exe"), source))?;
     let candidates = exe
         .ancestors()
         .skip(1)
@@ -455,7 +456,11 @@ impl Cluster {
     /// Starts the node runtime on a node (through [`NodeRecord::command`], with the node's
     /// kubeconfig) and records its PID, so `down` and `node remove` end it first. Waits until
     /// it has reported the node's status once.
-    pub async fn start_runtime(&mut self, name: &str, binary: &Path) -> Result<ProcessRecord, Error> {
+    pub async fn start_runtime(
+        &mut self,
+        name: &str,
+        binary: &Path,
+    ) -> Result<ProcessRecord, Error> {
         let node = self.node(name).cloned().ok_or_else(|| Error::NoSuchNode {
             cluster: self.state.name.clone(),
             node: name.to_string(),
@@ -521,7 +526,12 @@ impl Cluster {
             .state
             .processes
             .iter()
-            .chain(self.state.nodes.iter().filter_map(|node| node.runtime.as_ref()))
+            .chain(
+                self.state
+                    .nodes
+                    .iter()
+                    .filter_map(|node| node.runtime.as_ref()),
+            )
             .map(|process| (process.clone(), process.is_running()))
             .collect();
         let api = match tokio::time::timeout(Duration::from_secs(5), self.api_readiness()).await {

@@ -215,6 +215,21 @@ impl TestCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// True while the Pod object exists; false once the API server says NotFound. Panics on
+    /// any other answer, so a failing kubectl is not mistaken for a deleted pod.
+    pub fn pod_exists(&self, namespace: &str, pod: &str) -> bool {
+        let output = self.kubectl_output(&["get", "pod", "-n", namespace, pod, "-o", "name"]);
+        if output.status.success() {
+            return true;
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("NotFound"),
+            "kubectl get pod {namespace}/{pod}: {stderr}"
+        );
+        false
+    }
+
     /// The pod's address from its status.
     pub fn pod_ip(&self, namespace: &str, pod: &str) -> String {
         let ip = self.pod_field(namespace, pod, "{.status.podIP}");
@@ -224,29 +239,34 @@ impl TestCluster {
 
     /// Waits until the pod's phase is Running.
     pub fn wait_pod_running(&self, namespace: &str, pod: &str, timeout: Duration) {
-        wait_for(&format!("pod {namespace}/{pod} to be Running"), timeout, || {
-            self.pod_field(namespace, pod, "{.status.phase}") == "Running"
-        });
+        wait_for(
+            &format!("pod {namespace}/{pod} to be Running"),
+            timeout,
+            || self.pod_field(namespace, pod, "{.status.phase}") == "Running",
+        );
     }
 
     /// Waits until the pod's Ready condition is True.
     pub fn wait_pod_ready(&self, namespace: &str, pod: &str, timeout: Duration) {
-        wait_for(&format!("pod {namespace}/{pod} to be Ready"), timeout, || {
-            self.pod_field(
-                namespace,
-                pod,
-                "{.status.conditions[?(@.type==\"Ready\")].status}",
-            ) == "True"
-        });
+        wait_for(
+            &format!("pod {namespace}/{pod} to be Ready"),
+            timeout,
+            || {
+                self.pod_field(
+                    namespace,
+                    pod,
+                    "{.status.conditions[?(@.type==\"Ready\")].status}",
+                ) == "True"
+            },
+        );
     }
 
     /// The node a pod runs on, from the local cluster's records.
     pub fn pod_node(&self, namespace: &str, pod: &str) -> NodeRecord {
         let node = self.pod_field(namespace, pod, "{.spec.nodeName}");
-        self.cluster()
-            .node(&node)
-            .cloned()
-            .unwrap_or_else(|| panic!("pod {namespace}/{pod} is on {node:?}, not a node of this cluster"))
+        self.cluster().node(&node).cloned().unwrap_or_else(|| {
+            panic!("pod {namespace}/{pod} is on {node:?}, not a node of this cluster")
+        })
     }
 
     /// What the node runtime recorded about a running pod (its netns, address, PIDs).
@@ -254,8 +274,12 @@ impl TestCluster {
         let node = self.pod_node(namespace, pod);
         let uid = self.pod_field(namespace, pod, "{.metadata.uid}");
         let path = runtime::pod_record_path(&node.dir, &uid);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|error| panic!("pod {namespace}/{pod}: no runtime record at {}: {error}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+            panic!(
+                "pod {namespace}/{pod}: no runtime record at {}: {error}",
+                path.display()
+            )
+        });
         serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
     }
 

@@ -111,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,kube=warn".into()),
                 )
+                .with_ansi(false)
                 .init();
             let self_binary = std::env::current_exe().context("this binary's path")?;
             let image_bin_dir = match image_bin_dir {

@@ -276,7 +276,10 @@ pub async fn run(config: RuntimeConfig) -> Result<(), Error> {
     );
     shutdown_tx.send_replace(true);
     let tasks = futures::future::join_all(workers.into_values().map(|worker| worker.task));
-    if tokio::time::timeout(SHUTDOWN_BUDGET, tasks).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_BUDGET, tasks).await.is_ok() {
+        // Sandboxes whose teardown failed earlier (a plugin was missing, say) get one more DEL.
+        sandbox::remove_stale(&ctx).await;
+    } else {
         warn!(budget = ?SHUTDOWN_BUDGET, "some pods were still stopping when the shutdown budget ran out");
     }
     heartbeat.abort();
