@@ -526,15 +526,13 @@ impl PodWorker {
     }
 
     async fn refresh_tokens(&mut self) {
-        if self
+        let due = self
             .volumes
             .refresh_at
-            .is_some_and(|at| Instant::now() >= at)
-        {
-            if let Err(message) = self.volumes.refresh_tokens(&self.ctx, &self.pod).await {
-                warn!(pod = %self.name(), %message, "projected token refresh failed; retrying");
-                self.volumes.refresh_at = Some(Instant::now() + Duration::from_secs(5));
-            }
+            .is_some_and(|at| Instant::now() >= at);
+        if due && let Err(message) = self.volumes.refresh_tokens(&self.ctx, &self.pod).await {
+            warn!(pod = %self.name(), %message, "projected token refresh failed; retrying");
+            self.volumes.refresh_at = Some(Instant::now() + Duration::from_secs(5));
         }
     }
 
