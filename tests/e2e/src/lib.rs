@@ -36,7 +36,10 @@
 //!   namespace for anything run on the node ([`cluster::NodeRecord::command_prefix`]);
 //! - credentials for `system:node:<n>` in `<node dir>/kubeconfig`, for a node runtime;
 //! - a Node object with InternalIP = its address, the hostname, os and arch labels, extra
-//!   labels, and a `Ready=False` condition until a node runtime reports.
+//!   labels, and a `Ready=False` condition until a node runtime reports;
+//! - optionally its node runtime (`tortie-node-runtime run`, [`runtime`]), started through
+//!   the node's command prefix with the node's kubeconfig: it plays the kubelet and the
+//!   container runtime there, and `down` ends it before anything else.
 //!
 //! Everything made is recorded in `<cluster dir>/state.json` before it is made, and
 //! [`cluster::down`] removes exactly what is recorded.

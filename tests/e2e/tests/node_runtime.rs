@@ -16,7 +16,92 @@ use tortie_e2e::{NodeRecord, Subnet, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The test's namespace; `TEST_NS` in the manifests below.
 const NAMESPACE: &str = "runtime-test";
+
+/// Two test pods (any image that is not Tortie's runs the runtime's test server).
+const WEB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: TEST_NS}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: TEST_NS}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports: [{containerPort: 80}]
+        readinessProbe: {httpGet: {port: 80, path: /}, periodSeconds: 1}
+"#;
+
+/// A Tortie image on the host network; its command runs the runtime's `whoami`.
+const AGENT: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: agent, namespace: TEST_NS}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: agent-settings, namespace: TEST_NS}
+stringData: {level: debug}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: TEST_NS}
+spec:
+  serviceAccountName: agent
+  hostNetwork: true
+  nodeSelector: {kubernetes.io/hostname: rt-1}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: agent
+    image: tortie/agent:dev
+    command: [tortie-node-runtime, whoami, --health-port, "9099"]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}
+    - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: LOG_LEVEL, valueFrom: {secretKeyRef: {name: agent-settings, key: level}}}
+    readinessProbe: {httpGet: {port: 9099, path: /ready}, periodSeconds: 1}
+"#;
+
+/// A pod whose environment names a secret that does not exist, and one whose liveness
+/// probe always fails (nothing listens on port 81).
+const FAULTY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unresolved, namespace: TEST_NS}
+spec:
+  nodeSelector: {kubernetes.io/hostname: rt-1}
+  containers:
+  - name: app
+    image: busybox
+    env:
+    - {name: TOKEN, valueFrom: {secretKeyRef: {name: absent, key: token}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy, namespace: TEST_NS}
+spec:
+  nodeSelector: {kubernetes.io/hostname: rt-1}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox
+    ports: [{containerPort: 80}]
+    livenessProbe: {tcpSocket: {port: 81}, periodSeconds: 1, failureThreshold: 1}
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_runtime_runs_pods_with_real_cni_and_leaves_nothing_behind() {
@@ -56,16 +141,7 @@ async fn node_runtime_runs_pods_with_real_cni_and_leaves_nothing_behind() {
     });
 
     // (b) Two test pods. Without the plugins, ADD fails and the runtime says so in an event.
-    test.apply_yaml(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n---\n\
-         apiVersion: apps/v1\nkind: Deployment\n\
-         metadata: {{name: web, namespace: {NAMESPACE}}}\n\
-         spec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    \
-         metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 5\n      \
-         containers:\n      - name: web\n        image: nginx:1.27\n        \
-         ports: [{{containerPort: 80}}]\n        \
-         readinessProbe: {{httpGet: {{port: 80, path: /}}, periodSeconds: 1}}\n"
-    ));
+    test.apply_yaml(&WEB.replace("TEST_NS", NAMESPACE));
     wait_for("a FailedCreatePodSandBox event", TIMEOUT, || {
         test.kubectl(&[
             "get",
@@ -143,26 +219,7 @@ async fn node_runtime_runs_pods_with_real_cni_and_leaves_nothing_behind() {
 
     // (c) A Tortie image on the host network runs the local binary named by command[0] with
     // the downward API, the API server's address and its own service-account token.
-    test.apply_yaml(&format!(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: agent, namespace: {NAMESPACE}}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: agent, namespace: {NAMESPACE}}}\n\
-         spec:\n  serviceAccountName: agent\n  hostNetwork: true\n  \
-         nodeSelector: {{kubernetes.io/hostname: rt-1}}\n  terminationGracePeriodSeconds: 5\n  \
-         containers:\n  - name: agent\n    image: tortie/agent:dev\n    \
-         command: [tortie-node-runtime, whoami, --health-port, \"9099\"]\n    env:\n\
-         {env}    readinessProbe: {{httpGet: {{port: 9099, path: /ready}}, periodSeconds: 1}}\n",
-        env = [
-            ("POD_NAME", "metadata.name"),
-            ("POD_NAMESPACE", "metadata.namespace"),
-            ("POD_UID", "metadata.uid"),
-            ("NODE_NAME", "spec.nodeName"),
-            ("POD_IP", "status.podIP"),
-            ("HOST_IP", "status.hostIP"),
-        ]
-        .iter()
-        .map(|(name, path)| format!("    - {{name: {name}, valueFrom: {{fieldRef: {{fieldPath: {path}}}}}}}\n"))
-        .collect::<String>()
-    ));
+    test.apply_yaml(&AGENT.replace("TEST_NS", NAMESPACE));
     test.wait_pod_ready(NAMESPACE, "agent", TIMEOUT);
     let uid = test.pod_field(NAMESPACE, "agent", "{.metadata.uid}");
     let log = test.pod_log(NAMESPACE, "agent", "agent");
@@ -188,6 +245,38 @@ async fn node_runtime_runs_pods_with_real_cni_and_leaves_nothing_behind() {
         );
     }
     assert_eq!(test.pod_ip(NAMESPACE, "agent"), node.address.to_string());
+    let agent_pid = test.pod_record(NAMESPACE, "agent").containers["agent"];
+    let environ = std::fs::read(format!("/proc/{agent_pid}/environ")).unwrap_or_default();
+    assert!(
+        environ
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == b"LOG_LEVEL=debug"),
+        "secretKeyRef read with the node's identity"
+    );
+
+    // A reference that cannot be resolved keeps the container waiting with the reason; a
+    // failing liveness probe restarts a container.
+    test.apply_yaml(&FAULTY.replace("TEST_NS", NAMESPACE));
+    wait_for("the unresolved secret to be reported", TIMEOUT, || {
+        test.pod_field(
+            NAMESPACE,
+            "unresolved",
+            "{.status.containerStatuses[0].state.waiting.reason} \
+             {.status.containerStatuses[0].state.waiting.message}",
+        )
+        .starts_with(&format!(
+            "CreateContainerConfigError env TOKEN: secret {NAMESPACE}/absent"
+        ))
+    });
+    wait_for("the unhealthy container to be restarted", TIMEOUT, || {
+        test.pod_field(
+            NAMESPACE,
+            "unhealthy",
+            "{.status.containerStatuses[0].restartCount}",
+        )
+        .parse::<u32>()
+        .is_ok_and(|restarts| restarts >= 1)
+    });
 
     // Each pod sees its own token in its own mount namespace; the node sees none.
     let read = |pod: &str, file: &str| {

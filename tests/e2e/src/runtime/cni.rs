@@ -463,7 +463,10 @@ mod tests {
 
     #[test]
     fn result_addresses_are_read_from_every_result_version() {
-        let current = json!({"ips": [{"address": "10.88.0.5/24", "gateway": "10.88.0.1"}, {"address": "fd00::5/64"}]});
+        let current = json!({"ips": [
+            {"address": "10.88.0.5/24", "gateway": "10.88.0.1"},
+            {"address": "fd00::5/64"},
+        ]});
         assert_eq!(
             result_ips(&current),
             vec![
@@ -482,7 +485,8 @@ mod tests {
     fn cni_args_carry_the_pod_identity() {
         assert_eq!(
             cni_args("ns", "web-1", "abc", "u-1"),
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1"
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-1;\
+             K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1"
         );
         assert!(has_prev_result_on_del("1.0.0") && has_prev_result_on_del("0.4.0"));
         assert!(!has_prev_result_on_del("0.3.1"));

@@ -414,8 +414,10 @@ pub async fn environment(
                     )
                 } else if let Some(resource) = &from.resource_field_ref {
                     info!(
-                        container = %container.name, variable = %var.name, resource = %resource.resource,
-                        "resourceFieldRef is not filled in: the node runtime sets no resource limits"
+                        container = %container.name,
+                        variable = %var.name,
+                        resource = %resource.resource,
+                        "resourceFieldRef is not filled in: the node runtime sets no limits"
                     );
                     None
                 } else if let Some(key) = &from.config_map_key_ref {
@@ -427,13 +429,18 @@ pub async fn environment(
                             var.name, key.name
                         )
                     })?;
+                    let exists = found.is_some();
                     match found.and_then(|map| map.data?.get(&key.key).cloned()) {
                         Some(value) => Some(value),
                         None if key.optional == Some(true) => None,
                         None => {
-                            return Err(format!(
-                                "env {}: key {:?} of configmap {namespace}/{} not found",
-                                var.name, key.key, key.name
+                            return Err(missing_key(
+                                &var.name,
+                                "configmap",
+                                namespace,
+                                &key.name,
+                                &key.key,
+                                exists,
                             ));
                         }
                     }
@@ -446,13 +453,13 @@ pub async fn environment(
                             var.name, key.name
                         )
                     })?;
+                    let exists = found.is_some();
                     match found.and_then(|secret| secret.data?.get(&key.key).cloned()) {
                         Some(value) => Some(String::from_utf8_lossy(&value.0).into_owned()),
                         None if key.optional == Some(true) => None,
                         None => {
-                            return Err(format!(
-                                "env {}: key {:?} of secret {namespace}/{} not found",
-                                var.name, key.key, key.name
+                            return Err(missing_key(
+                                &var.name, "secret", namespace, &key.name, &key.key, exists,
                             ));
                         }
                     }
@@ -472,6 +479,28 @@ pub async fn environment(
         }
     }
     Ok(env)
+}
+
+/// The message for an env reference that cannot be resolved.
+fn missing_key(
+    variable: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    exists: bool,
+) -> String {
+    if exists {
+        format!(
+            "env {variable}: {kind} {namespace}/{name} has no key {key:?}; add it or mark the \
+             reference optional"
+        )
+    } else {
+        format!(
+            "env {variable}: {kind} {namespace}/{name} not found; create it or mark the reference \
+             optional"
+        )
+    }
 }
 
 /// The value of a downward-API field path.
@@ -718,8 +747,14 @@ mod tests {
             },
         ];
         let script = mount_script(&mounts);
-        assert!(script.contains(&format!("mkdir -p {SERVICE_ACCOUNT_DIR}; mount --bind '/n/token dir' {SERVICE_ACCOUNT_DIR}; mount -o remount,bind,ro")));
-        assert!(script.contains("mkdir -p /etc/app; [ -e /etc/app/conf ] || : > /etc/app/conf; mount --bind /n/conf /etc/app/conf;"));
+        let token = format!(
+            "mkdir -p {SERVICE_ACCOUNT_DIR}; mount --bind '/n/token dir' {SERVICE_ACCOUNT_DIR}; \
+             mount -o remount,bind,ro {SERVICE_ACCOUNT_DIR}; "
+        );
+        assert!(script.contains(&token), "{script}");
+        let file = "mkdir -p /etc/app; [ -e /etc/app/conf ] || : > /etc/app/conf; \
+                    mount --bind /n/conf /etc/app/conf;";
+        assert!(script.contains(file), "{script}");
         assert!(script.ends_with("exec \"$@\""));
         assert_eq!(
             image_binary(std::path::Path::new("/t"), "/usr/bin/tortie-agent"),

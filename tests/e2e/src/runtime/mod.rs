@@ -280,7 +280,10 @@ pub async fn run(config: RuntimeConfig) -> Result<(), Error> {
         // Sandboxes whose teardown failed earlier (a plugin was missing, say) get one more DEL.
         sandbox::remove_stale(&ctx).await;
     } else {
-        warn!(budget = ?SHUTDOWN_BUDGET, "some pods were still stopping when the shutdown budget ran out");
+        warn!(
+            budget = ?SHUTDOWN_BUDGET,
+            "some pods were still stopping when the shutdown budget ran out",
+        );
     }
     heartbeat.abort();
     info!("node runtime stopped");

@@ -296,7 +296,13 @@ impl PodWorker {
                 Ok(()) => return Ok(()),
                 Err(failure) => failure,
             };
-            warn!(pod = %self.name(), %reason, %message, retry = ?retry, "pod setup failed; retrying");
+            warn!(
+                pod = %self.name(),
+                %reason,
+                %message,
+                retry = ?retry,
+                "pod setup failed; retrying",
+            );
             for slot in &mut self.slots {
                 slot.state = RunState::Waiting {
                     reason: "ContainerCreating".into(),
@@ -371,7 +377,12 @@ impl PodWorker {
         let mounts = match self.volumes.mounts(&pod, &slot.container) {
             Ok(mounts) => mounts,
             Err(message) => {
-                warn!(pod = %pod_name, container = %slot.container.name, %message, "container cannot start");
+                warn!(
+                    pod = %pod_name,
+                    container = %slot.container.name,
+                    %message,
+                    "container cannot start",
+                );
                 slot.state = RunState::Waiting {
                     reason: "CreateContainerConfigError".into(),
                     message,
@@ -514,10 +525,20 @@ impl PodWorker {
             &mut slot.readiness
         };
         if tracker.record(outcome.result.is_ok()) {
-            info!(%pod, container = %slot.container.name, kind, passing = ?tracker.passing, "probe verdict changed");
+            info!(
+                %pod,
+                container = %slot.container.name,
+                kind,
+                passing = ?tracker.passing,
+                "probe verdict changed",
+            );
         }
         if outcome.liveness && slot.liveness.passing == Some(false) {
-            warn!(%pod, container = %slot.container.name, "liveness probe failed; restarting the container");
+            warn!(
+                %pod,
+                container = %slot.container.name,
+                "liveness probe failed; restarting the container",
+            );
             slot.liveness.stop();
             if let Some(control) = &slot.control {
                 let _ = control.send(Control::Restart(grace));

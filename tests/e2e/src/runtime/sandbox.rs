@@ -69,7 +69,12 @@ impl Sandbox {
             Ok(address) => Ok(address),
             Err(error) => {
                 if let Err(cleanup) = self.destroy(ctx).await {
-                    warn!(pod = %self.pod, sandbox = %self.id, error = %cleanup, "cleanup after a failed sandbox");
+                    warn!(
+                        pod = %self.pod,
+                        sandbox = %self.id,
+                        error = %cleanup,
+                        "cleanup after a failed sandbox",
+                    );
                 }
                 Err(error)
             }
@@ -110,7 +115,13 @@ impl Sandbox {
                         network.name
                     ),
                 })?;
-        info!(pod = %self.pod, namespace = %self.namespace, sandbox = %self.id, %address, "sandbox ready");
+        info!(
+            pod = %self.pod,
+            namespace = %self.namespace,
+            sandbox = %self.id,
+            %address,
+            "sandbox ready",
+        );
         Ok(address)
     }
 
@@ -146,7 +157,12 @@ impl Sandbox {
             {
                 first_error.get_or_insert(Error::io(&record, error));
             }
-            info!(pod = %self.pod, namespace = %self.namespace, sandbox = %self.id, "sandbox removed");
+            info!(
+                pod = %self.pod,
+                namespace = %self.namespace,
+                sandbox = %self.id,
+                "sandbox removed",
+            );
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -186,9 +202,17 @@ pub async fn remove_stale(ctx: &NodeContext) {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         match sandbox {
             Some(sandbox) => {
-                info!(pod = %sandbox.pod, sandbox = %sandbox.id, "removing a sandbox a previous run left");
+                info!(
+                    pod = %sandbox.pod,
+                    sandbox = %sandbox.id,
+                    "removing a sandbox a previous run left",
+                );
                 if let Err(error) = sandbox.destroy(ctx).await {
-                    warn!(sandbox = %sandbox.id, %error, "stale sandbox could not be removed completely");
+                    warn!(
+                        sandbox = %sandbox.id,
+                        %error,
+                        "stale sandbox could not be removed completely",
+                    );
                 }
             }
             None => warn!(path = %path.display(), "unreadable sandbox record skipped"),

@@ -78,7 +78,8 @@ pub fn probe_http(host: &str, port: u16, path: &str, timeout: Duration) -> Resul
     let mut stream = open(host, port, timeout)?;
     let _ = stream.set_read_timeout(Some(timeout));
     let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/tortie-node-runtime\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\
+         User-Agent: kube-probe/tortie-node-runtime\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())

@@ -404,7 +404,11 @@ fn write_downward(
 ) -> Result<(), String> {
     for item in items {
         let Some(field) = &item.field_ref else {
-            debug!(pod = %pod_name(pod), path = %item.path, "resourceFieldRef in a downwardAPI volume is not filled in");
+            debug!(
+                pod = %pod_name(pod),
+                path = %item.path,
+                "resourceFieldRef in a downwardAPI volume is not filled in",
+            );
             continue;
         };
         let value = field_value(pod, &field.field_path, pod_ip, host_ip)?;
