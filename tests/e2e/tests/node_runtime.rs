@@ -61,9 +61,17 @@ spec:
   hostNetwork: true
   nodeSelector: {kubernetes.io/hostname: rt-1}
   terminationGracePeriodSeconds: 5
+  volumes:
+  - {name: state, hostPath: {path: /var/lib/tortie-test, type: DirectoryOrCreate}}
+  initContainers:
+  - name: wait-for-api
+    image: tortie/agent:dev
+    command: [tortie-node-runtime, probe, tcp]
+    args: [--host, $(KUBERNETES_SERVICE_HOST), --port, $(KUBERNETES_SERVICE_PORT)]
   containers:
   - name: agent
     image: tortie/agent:dev
+    volumeMounts: [{name: state, mountPath: /var/run/tortie-test}]
     command: [tortie-node-runtime, whoami, --health-port, "9099"]
     env:
     - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
@@ -245,6 +253,27 @@ async fn node_runtime_runs_pods_with_real_cni_and_leaves_nothing_behind() {
         );
     }
     assert_eq!(test.pod_ip(NAMESPACE, "agent"), node.address.to_string());
+    let init = test.pod_field(
+        NAMESPACE,
+        "agent",
+        "{.status.initContainerStatuses[0].state.terminated.reason}",
+    );
+    assert_eq!(
+        init, "Completed",
+        "the init container ran to completion first"
+    );
+    let init_log = test.pod_log(NAMESPACE, "agent", "wait-for-api");
+    assert!(
+        init_log.contains(&format!("connected to {api_host}:{api_port}")),
+        "$(VAR) references in args are expanded: {init_log}"
+    );
+
+    // The hostPath is the node's own /var/lib, bound where the container asked for it.
+    std::fs::write(node.dir.join("var/lib/tortie-test/marker"), "from the node")
+        .expect("the hostPath was made under the node's var/lib");
+    let marker = test.exec_in_pod(NAMESPACE, "agent", &["cat", "/var/run/tortie-test/marker"]);
+    assert_eq!(String::from_utf8_lossy(&marker.stdout), "from the node");
+
     let agent_pid = test.pod_record(NAMESPACE, "agent").containers["agent"];
     let environ = std::fs::read(format!("/proc/{agent_pid}/environ")).unwrap_or_default();
     assert!(
