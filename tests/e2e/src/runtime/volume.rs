@@ -1,6 +1,10 @@
 //! A pod's volumes, made as directories on the node and bind-mounted into each container's
 //! own mount namespace: hostPath, emptyDir, configMap, secret, downwardAPI and projected
 //! (service-account token, configMap, secret, downwardAPI).
+//!
+//! Known limitation: configMap, secret and downwardAPI contents are written once, when the
+//! pod starts; only projected service-account tokens are refreshed (at 80 % of their
+//! lifetime). Tokens are plain files under the node directory, readable by root.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
