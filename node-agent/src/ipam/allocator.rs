@@ -34,8 +34,8 @@ use tortie_crds::ipam::{
 
 use super::pools::{ChosenPools, Family, PodContext, PoolChoice, PoolError, choose_pools};
 use super::protocol::{
-    AllocateRequest, AllocateResponse, AllocatedAddress, CODE_EXHAUSTED, CODE_IPAM_STATE,
-    StatusResponse,
+    AllocateRequest, AllocateResponse, AllocatedAddress, CODE_EXHAUSTED, CODE_INVALID,
+    CODE_IPAM_STATE, CODE_TRY_AGAIN, StatusResponse,
 };
 use super::store::{Store, StoreError};
 
@@ -104,9 +104,9 @@ impl IpamError {
     /// The CNI error code for the plugin to report.
     pub fn code(&self) -> u32 {
         match self {
-            Self::WrongNode { .. } | Self::Pools(_) => 7,
+            Self::WrongNode { .. } | Self::Pools(_) => CODE_INVALID,
             Self::Exhausted { .. } => CODE_EXHAUSTED,
-            Self::Unavailable(_) | Self::Contention { .. } => 11,
+            Self::Unavailable(_) | Self::Contention { .. } => CODE_TRY_AGAIN,
             Self::UnknownNode { .. } | Self::State(_) => CODE_IPAM_STATE,
         }
     }
@@ -220,7 +220,7 @@ impl Allocator {
             {
                 Ok((address, block, pool)) => {
                     new.push((block, address));
-                    addresses.push(allocated(address, block, &pool));
+                    addresses.push(allocated(address, block, &pool.name));
                 }
                 Err(error) => {
                     self.roll_back(&request.handle_id, &new).await;
@@ -378,6 +378,9 @@ impl Allocator {
         };
 
         // 1. Blocks the node owns.
+        // Known limitation: affinities are found by Calico's hostname-hash label, which
+        // older Calico releases did not write; such a node's older blocks are not reused
+        // until they carry the label.
         let affinities = self.store.node_affinities(&self.node, family).await?;
         let mut owned: Vec<&BlockAffinity> = affinities
             .iter()
@@ -402,7 +405,8 @@ impl Allocator {
             }
         }
 
-        // 2. A new block for the node.
+        // 2. A new block for the node. maxBlocksPerHost counts the node's blocks of this
+        // family in every pool.
         let mut reasons = vec!["the node's own blocks are full".to_owned()];
         let limit = config.block_limit();
         let at_limit = limit
@@ -479,6 +483,9 @@ impl Allocator {
         owner: &AllocationAttribute,
         config: &IPAMConfigSpec,
     ) -> Result<Option<(IpAddr, IpNet)>, IpamError> {
+        // Known limitation: claiming (and borrowing) lists every block of the cluster,
+        // a few megabytes on the largest clusters; both are rare next to allocations
+        // from the node's own blocks, which read only those blocks.
         let existing: BTreeSet<IpNet> = self
             .store
             .blocks()
@@ -785,17 +792,11 @@ fn pools_of(chosen: &ChosenPools, pools: &[tortie_crds::ippool::IPPool], block: 
         .unwrap_or_default()
 }
 
-fn allocated(address: IpAddr, block: IpNet, pool: &impl ToString) -> AllocatedAddress {
+fn allocated(address: IpAddr, block: IpNet, pool: &str) -> AllocatedAddress {
     AllocatedAddress {
         address: IpNet::from(address),
         block,
-        pool: pool.to_string(),
-    }
-}
-
-impl std::fmt::Display for PoolChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
+        pool: pool.to_owned(),
     }
 }
 

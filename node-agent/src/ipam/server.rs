@@ -325,13 +325,16 @@ fn ipam_error(handle: &str, operation: &str, error: &IpamError) -> Response {
         IpamError::UnknownNode { .. } | IpamError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     tracing::warn!(handle = %handle, operation = operation, code = error.code(), error = %error, "IPAM request failed");
-    error_response(status, error.code(), error.to_string())
+    body_response(status, error.code(), error.to_string())
 }
 
+/// A refused request: logged at debug, since the plugin reports it to the runtime.
 fn error_response(status: StatusCode, code: u32, msg: String) -> Response {
-    if status.is_client_error() {
-        tracing::debug!(status = status.as_u16(), code, error = %msg, "refused an IPAM request");
-    }
+    tracing::debug!(status = status.as_u16(), code, error = %msg, "refused an IPAM request");
+    body_response(status, code, msg)
+}
+
+fn body_response(status: StatusCode, code: u32, msg: String) -> Response {
     let body = ErrorBody {
         code,
         msg,
