@@ -596,3 +596,285 @@ fn error_policy(
     tracing::warn!(node = %name, %error, retry_in = ?delay, "Node config reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tortie_crds::felix::FelixConfiguration;
+    use tortie_crds::ipam::{AllocationAttribute, BlockAffinity, IPAMBlock, IPAMConfig};
+    use tortie_crds::ippool::IPPoolSpec;
+    use tortie_crds::validation::Validate;
+
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test CIDR parses")
+    }
+
+    fn node(name: &str, ip: &str, annotated_subnet: Option<&str>) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            uid: Some(format!("uid-{name}")),
+            internal_ips: vec![ip.parse().expect("test IP parses")],
+            ipv4_address: annotated_subnet.map(net),
+            ..NodeFacts::default()
+        }
+    }
+
+    fn pool(cidr: &str, ipip: EncapsulationMode, vxlan: EncapsulationMode) -> Arc<IPPool> {
+        let mut spec = IPPoolSpec::new(cidr);
+        spec.ipip_mode = ipip;
+        spec.vxlan_mode = vxlan;
+        spec.nat_outgoing = true;
+        Arc::new(IPPool::new("pool", spec))
+    }
+
+    fn block(cidr: &str, owner: &str) -> Arc<IPAMBlock> {
+        Arc::new(IPAMBlock::new_empty(net(cidr), Some(owner), 1).expect("test block is valid"))
+    }
+
+    /// Three nodes: a1 and a2 on 198.18.1.0/24, b1 on 198.18.2.0/24, one block each.
+    fn world(pool: Arc<IPPool>) -> Snapshot {
+        let nodes = [
+            node("a1", "198.18.1.10", Some("198.18.1.10/24")),
+            node("a2", "198.18.1.11", Some("198.18.1.11/24")),
+            node("b1", "198.18.2.10", Some("198.18.2.10/24")),
+        ];
+        Snapshot {
+            pools: vec![pool],
+            blocks: vec![
+                block("10.244.0.0/26", "a1"),
+                block("10.244.0.64/26", "a2"),
+                block("10.244.0.128/26", "b1"),
+            ],
+            nodes: nodes
+                .into_iter()
+                .map(|n| (n.name.clone(), Arc::new(n)))
+                .collect(),
+            ..Snapshot::default()
+        }
+    }
+
+    fn settings() -> NodeConfigSettings {
+        NodeConfigSettings { uplink_mtu: 1500 }
+    }
+
+    fn encapsulations(spec: &NodeNetworkConfigSpec) -> BTreeMap<String, RouteEncapsulation> {
+        spec.routes
+            .iter()
+            .map(|r| (r.node.clone(), r.encapsulation))
+            .collect()
+    }
+
+    #[test]
+    fn never_routes_directly_to_every_other_block() {
+        use EncapsulationMode::Never;
+        let snapshot = world(pool("10.244.0.0/16", Never, Never));
+        let spec = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        assert_eq!(spec.node_name, "a1");
+        assert_eq!(
+            spec.blocks,
+            [OwnedBlock {
+                cidr: "10.244.0.0/26".into(),
+                pool: "pool".into()
+            }]
+        );
+        assert_eq!(spec.routes.len(), 2);
+        assert_eq!(spec.routes[0].destination, "10.244.0.128/26");
+        assert_eq!(spec.routes[0].via, "198.18.2.10");
+        assert_eq!(spec.routes[0].kind, RouteKind::Block);
+        assert!(
+            spec.routes
+                .iter()
+                .all(|r| r.encapsulation == RouteEncapsulation::Direct)
+        );
+        assert_eq!(spec.mtu, Some(1500));
+        assert_eq!(spec.nat_outgoing.pools, ["10.244.0.0/16"]);
+        assert_eq!(spec.nat_outgoing.exclude, ["10.244.0.0/16"]);
+        assert!(spec.validate().is_ok(), "{:?}", spec.validate());
+    }
+
+    #[test]
+    fn always_ipip_encapsulates_everything_and_lowers_the_mtu() {
+        use EncapsulationMode::{Always, Never};
+        let mut snapshot = world(pool("10.244.0.0/16", Always, Never));
+        let mut a1 = (*snapshot.nodes["a1"]).clone();
+        a1.ipip_tunnel_address = Some("10.244.0.1".parse().expect("test IP parses"));
+        snapshot.nodes.insert("a1".into(), Arc::new(a1));
+        let spec = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        assert_eq!(
+            encapsulations(&spec),
+            BTreeMap::from([
+                ("a2".into(), RouteEncapsulation::Ipip),
+                ("b1".into(), RouteEncapsulation::Ipip)
+            ])
+        );
+        assert_eq!(spec.mtu, Some(1480));
+        assert_eq!(
+            spec.tunnel.ipip.as_ref().map(|t| t.address.as_str()),
+            Some("10.244.0.1")
+        );
+    }
+
+    #[test]
+    fn cross_subnet_encapsulates_only_across_subnets() {
+        use EncapsulationMode::{CrossSubnet, Never};
+        let snapshot = world(pool("10.244.0.0/16", CrossSubnet, Never));
+        let spec = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        assert_eq!(
+            encapsulations(&spec),
+            BTreeMap::from([
+                ("a2".into(), RouteEncapsulation::Direct),
+                ("b1".into(), RouteEncapsulation::Ipip)
+            ])
+        );
+
+        // Without the subnet annotation the subnet is unknown: encapsulate.
+        let mut unknown = snapshot.clone();
+        unknown
+            .nodes
+            .insert("a1".into(), Arc::new(node("a1", "198.18.1.10", None)));
+        let spec = desired_config(&unknown.nodes["a1"], &unknown, &settings());
+        assert!(
+            spec.routes
+                .iter()
+                .all(|r| r.encapsulation == RouteEncapsulation::Ipip)
+        );
+    }
+
+    #[test]
+    fn vxlan_routes_wait_for_the_tunnel_address() {
+        use EncapsulationMode::{Always, Never};
+        let mut snapshot = world(pool("10.244.0.0/16", Never, Always));
+        let spec = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        assert!(spec.routes.is_empty(), "no tunnel addresses published yet");
+        assert_eq!(spec.mtu, Some(1450));
+
+        let mut b1 = (*snapshot.nodes["b1"]).clone();
+        b1.vxlan_tunnel_address = Some("10.244.0.129".parse().expect("test IP parses"));
+        b1.vxlan_tunnel_mac = Some("66:00:00:00:00:01".into());
+        snapshot.nodes.insert("b1".into(), Arc::new(b1));
+        let spec = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        assert_eq!(spec.routes.len(), 1);
+        let route = &spec.routes[0];
+        assert_eq!(route.encapsulation, RouteEncapsulation::Vxlan);
+        assert_eq!(route.tunnel_address.as_deref(), Some("10.244.0.129"));
+        assert_eq!(route.via, "198.18.2.10");
+        assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn mtu_follows_felix_overrides_and_the_smallest_encapsulation() {
+        let mut felix = FelixConfigurationSpec::default();
+        assert_eq!(pod_mtu(1500, &felix, false, false), 1500);
+        assert_eq!(pod_mtu(1500, &felix, true, false), 1480);
+        assert_eq!(pod_mtu(1500, &felix, false, true), 1450);
+        assert_eq!(pod_mtu(1500, &felix, true, true), 1450);
+        assert_eq!(pod_mtu(9000, &felix, true, false), 8980);
+        felix.ipip_mtu = Some(1400);
+        assert_eq!(pod_mtu(1500, &felix, true, false), 1400);
+        felix.vxlan_mtu = Some(0);
+        assert_eq!(pod_mtu(1500, &felix, false, true), 1450, "0 means unset");
+    }
+
+    #[test]
+    fn felix_node_settings_override_the_default() {
+        use EncapsulationMode::{Always, Never};
+        let mut snapshot = world(pool("10.244.0.0/16", Always, Never));
+        let mut default = FelixConfigurationSpec::default();
+        default.ipip_mtu = Some(1400);
+        default.log_severity_screen = Some("Info".into());
+        let mut own = FelixConfigurationSpec::default();
+        own.ipip_mtu = Some(1300);
+        snapshot.felix = BTreeMap::from([
+            (
+                "default".to_owned(),
+                Arc::new(FelixConfiguration::new("default", default)),
+            ),
+            (
+                "node.b1".to_owned(),
+                Arc::new(FelixConfiguration::new("node.b1", own)),
+            ),
+        ]);
+        let a1 = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        let b1 = desired_config(&snapshot.nodes["b1"], &snapshot, &settings());
+        assert_eq!(a1.mtu, Some(1400));
+        assert_eq!(b1.mtu, Some(1300));
+        assert_eq!(b1.data_path.log_severity.as_deref(), Some("Info"));
+        assert!(!b1.data_path.failsafe_inbound_host_ports.is_empty());
+    }
+
+    #[test]
+    fn ipam_settings_and_affinities_and_borrowed_addresses() {
+        use EncapsulationMode::Never;
+        let mut snapshot = world(pool("10.244.0.0/16", Never, Never));
+        snapshot.ipam_config = Some(Arc::new(IPAMConfig::new(
+            "default",
+            IPAMConfigSpec {
+                strict_affinity: true,
+                max_blocks_per_host: 4,
+                ..IPAMConfigSpec::default()
+            },
+        )));
+        // A confirmed affinity whose block is not written yet still counts.
+        snapshot.affinities = vec![Arc::new(BlockAffinity::for_node(
+            "a2",
+            net("10.244.1.0/26"),
+            AffinityState::Confirmed,
+        ))];
+        // b1 borrowed an address from a1's block.
+        let mut lent = (*snapshot.blocks[0]).clone();
+        let owner = AllocationAttribute::for_pod("h.x", "b1", "default", "x", "t");
+        lent.allocate(1, &owner).expect("test block has room");
+        snapshot.blocks[0] = Arc::new(lent);
+
+        let a2 = desired_config(&snapshot.nodes["a2"], &snapshot, &settings());
+        assert!(a2.ipam.strict_affinity);
+        assert_eq!(a2.ipam.max_blocks_per_host, 4);
+        assert_eq!(a2.blocks.len(), 2);
+        let borrowed: Vec<_> = a2
+            .routes
+            .iter()
+            .filter(|r| r.kind == RouteKind::Borrowed)
+            .collect();
+        assert_eq!(borrowed.len(), 1);
+        assert_eq!(borrowed[0].destination, "10.244.0.0/32");
+        assert_eq!(borrowed[0].node, "b1");
+
+        let b1 = desired_config(&snapshot.nodes["b1"], &snapshot, &settings());
+        assert!(
+            b1.routes.iter().all(|r| r.kind == RouteKind::Block),
+            "no route to its own borrowed address"
+        );
+    }
+
+    #[test]
+    fn node_facts_read_addresses_and_annotations() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "n1",
+                "uid": "u1",
+                "annotations": {
+                    ANNOTATION_IPV4_ADDRESS: "198.18.1.10/24",
+                    ANNOTATION_IPIP_TUNNEL_ADDRESS: "10.244.0.1"
+                }
+            },
+            "spec": {"podCIDRs": ["10.244.3.0/24"]},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n1"},
+                {"type": "InternalIP", "address": "198.18.1.10"}
+            ]}
+        }))
+        .expect("test node parses");
+        let facts = NodeFacts::from_node(&node);
+        assert_eq!(
+            facts.address(false),
+            Some("198.18.1.10".parse().expect("IP"))
+        );
+        assert_eq!(facts.address(true), None);
+        assert_eq!(facts.subnet(false), Some(net("198.18.1.0/24")));
+        assert_eq!(facts.pod_cidrs, [net("10.244.3.0/24")]);
+        assert!(facts.ipip_tunnel_address.is_some());
+    }
+}

@@ -491,3 +491,243 @@ fn error_policy(
     tracing::warn!(pool = %name, %error, retry_in = ?delay, "Pool reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use tortie_crds::ipam::AllocationAttribute;
+    use tortie_crds::ippool::{EncapsulationMode, IPPoolSpec};
+
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test CIDR parses")
+    }
+
+    fn pool(name: &str, cidr: &str, created_second: i64) -> Arc<IPPool> {
+        let mut pool = IPPool::new(name, IPPoolSpec::new(cidr));
+        pool.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(created_second).expect("test time is valid"),
+        ));
+        pool.metadata.generation = Some(1);
+        Arc::new(pool)
+    }
+
+    fn block(cidr: &str, node: &str, pods: &[&str]) -> Arc<IPAMBlock> {
+        let mut block =
+            IPAMBlock::new_empty(net(cidr), Some(node), 1).expect("test block is valid");
+        for pod in pods {
+            let owner = AllocationAttribute::for_pod(format!("h.{pod}"), node, "default", pod, "t");
+            block.allocate(1, &owner).expect("test block has room");
+        }
+        Arc::new(block)
+    }
+
+    fn snapshot(pools: Vec<Arc<IPPool>>, blocks: Vec<Arc<IPAMBlock>>) -> Snapshot {
+        let mut pools = pools;
+        pools.sort_by(|a, b| pool_age_order(a, b));
+        Snapshot {
+            pools,
+            blocks,
+            ..Snapshot::default()
+        }
+    }
+
+    fn condition<'a>(status: &'a IPPoolStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("every condition type is written")
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000_000).expect("test time is valid")
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_ignores_neighbours() {
+        assert!(overlaps(&net("10.0.0.0/16"), &net("10.0.128.0/17")));
+        assert!(overlaps(&net("10.0.128.0/17"), &net("10.0.0.0/16")));
+        assert!(!overlaps(&net("10.0.0.0/17"), &net("10.0.128.0/17")));
+        assert!(!overlaps(&net("10.0.0.0/8"), &net("fd00::/8")));
+
+        let a = pool("a", "10.0.0.0/16", 1);
+        let pools = vec![
+            a.clone(),
+            pool("b", "10.0.128.0/17", 2),
+            pool("c", "10.1.0.0/16", 3),
+        ];
+        let found: Vec<String> = overlapping_pools(&a, &net("10.0.0.0/16"), &pools)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(found, ["b"]);
+    }
+
+    #[test]
+    fn fresh_pool_is_ready_and_reports_usage() {
+        let classic = {
+            let mut spec = IPPoolSpec::new("10.244.0.0/16");
+            spec.ipip_mode = EncapsulationMode::Always;
+            spec.nat_outgoing = true;
+            Arc::new(IPPool::new("classic", spec))
+        };
+        let blocks = vec![
+            block("10.244.0.0/26", "node-1", &["a", "b", "c"]),
+            block("10.244.0.64/26", "node-2", &[]),
+            block("10.250.0.0/26", "node-3", &["elsewhere"]),
+        ];
+        let report = pool_report(&classic, &snapshot(vec![classic.clone()], blocks), now());
+        let status = &report.status;
+        assert_eq!(status.used.as_deref(), Some("3/65536"));
+        assert_eq!(status.capacity.as_deref(), Some("65536"));
+        assert_eq!(status.allocated, Some(3));
+        assert_eq!(status.blocks_in_use, Some(2));
+        assert_eq!(status.block_size, Some(26));
+        assert_eq!(status.encapsulation.as_deref(), Some("IPIP"));
+        assert_eq!(condition(status, READY).status, "True");
+        assert_eq!(condition(status, ALLOCATABLE).status, "True");
+        assert_eq!(condition(status, OVERLAPPING).status, "False");
+        assert_eq!(condition(status, DISABLED).status, "False");
+        assert_eq!(report.usage.by_node.get("node-1"), Some(&3));
+    }
+
+    #[test]
+    fn encapsulation_labels() {
+        let label = |ipip, vxlan| {
+            let mut spec = IPPoolSpec::new("10.0.0.0/16");
+            spec.ipip_mode = ipip;
+            spec.vxlan_mode = vxlan;
+            spec.encapsulation_label()
+        };
+        use EncapsulationMode::{Always, CrossSubnet, Never};
+        assert_eq!(label(Always, Never), "IPIP");
+        assert_eq!(label(CrossSubnet, Never), "IPIPCrossSubnet");
+        assert_eq!(label(Never, Always), "VXLAN");
+        assert_eq!(label(Never, CrossSubnet), "VXLANCrossSubnet");
+        assert_eq!(label(Never, Never), "None");
+    }
+
+    #[test]
+    fn newer_overlapping_pool_is_not_allocatable_and_names_the_older() {
+        let first = pool("first", "10.244.0.0/16", 1);
+        let second = pool("second", "10.244.128.0/17", 2);
+        let world = snapshot(vec![first.clone(), second.clone()], vec![]);
+
+        let newer = pool_report(&second, &world, now()).status;
+        let overlap = condition(&newer, OVERLAPPING);
+        assert_eq!(overlap.status, "True");
+        assert!(
+            overlap.message.contains("pool first (10.244.0.0/16)"),
+            "{}",
+            overlap.message
+        );
+        assert_eq!(condition(&newer, ALLOCATABLE).status, "False");
+        assert_eq!(condition(&newer, ALLOCATABLE).reason, "Overlapping");
+        assert_eq!(condition(&newer, READY).reason, "Overlapping");
+
+        let older = pool_report(&first, &world, now()).status;
+        assert_eq!(condition(&older, OVERLAPPING).status, "True");
+        assert!(condition(&older, OVERLAPPING).message.contains("second"));
+        assert_eq!(condition(&older, ALLOCATABLE).status, "True");
+
+        let events = transition_events(None, &newer);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0, "Overlapping");
+        assert!(
+            transition_events(Some(&newer), &newer).is_empty(),
+            "no Event without a transition"
+        );
+    }
+
+    #[test]
+    fn bad_selector_is_invalid() {
+        let mut spec = IPPoolSpec::new("10.0.0.0/16");
+        spec.node_selector = "role == ".into();
+        let bad = Arc::new(IPPool::new("bad", spec));
+        let status = pool_report(&bad, &snapshot(vec![bad.clone()], vec![]), now()).status;
+        let ready = condition(&status, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Invalid")
+        );
+        assert!(
+            ready.message.contains("spec.nodeSelector"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(condition(&status, ALLOCATABLE).reason, "Invalid");
+    }
+
+    #[test]
+    fn blocks_of_another_size_stop_allocation() {
+        let p = pool("p", "10.0.0.0/16", 1);
+        let blocks = vec![
+            block("10.0.4.0/24", "node-1", &[]),
+            block("10.0.0.0/26", "node-1", &[]),
+        ];
+        let status = pool_report(&p, &snapshot(vec![p.clone()], blocks), now()).status;
+        let allocatable = condition(&status, ALLOCATABLE);
+        assert_eq!(allocatable.status, "False");
+        assert_eq!(allocatable.reason, "ForeignBlocks");
+        assert!(
+            allocatable.message.contains("10.0.4.0/24"),
+            "{}",
+            allocatable.message
+        );
+    }
+
+    #[test]
+    fn disabled_pool_is_ready_but_not_allocatable() {
+        let mut spec = IPPoolSpec::new("10.0.0.0/16");
+        spec.disabled = true;
+        let p = Arc::new(IPPool::new("off", spec));
+        let status = pool_report(&p, &snapshot(vec![p.clone()], vec![]), now()).status;
+        assert_eq!(condition(&status, READY).status, "True");
+        assert_eq!(condition(&status, DISABLED).status, "True");
+        assert_eq!(condition(&status, ALLOCATABLE).reason, "Disabled");
+    }
+
+    #[test]
+    fn deleting_pool_names_nodes_holding_addresses() {
+        let mut p = IPPool::new("going", IPPoolSpec::new("10.0.0.0/16"));
+        p.metadata.deletion_timestamp = Some(Time(now()));
+        let p = Arc::new(p);
+        let blocks = vec![
+            block("10.0.0.0/26", "node-1", &["a", "b"]),
+            block("10.0.0.64/26", "node-2", &["c"]),
+        ];
+        let report = pool_report(&p, &snapshot(vec![p.clone()], blocks), now());
+        let ready = condition(&report.status, READY);
+        assert_eq!(ready.reason, "Deleting");
+        assert!(ready.message.contains("3 allocated"), "{}", ready.message);
+        assert!(
+            ready.message.contains("2 on node-1, 1 on node-2"),
+            "{}",
+            ready.message
+        );
+        let events = transition_events(None, &report.status);
+        assert_eq!(events[0].0, "DeletionBlocked");
+    }
+
+    #[test]
+    fn transition_times_are_kept_while_status_holds() {
+        let p = pool("p", "10.0.0.0/16", 1);
+        let world = snapshot(vec![p.clone()], vec![]);
+        let first = pool_report(&p, &world, now()).status;
+
+        let mut written = (*p).clone();
+        written.status = Some(first.clone());
+        let later = Timestamp::from_second(2_000_000).expect("test time is valid");
+        let second = pool_report(&written, &world, later).status;
+        assert_eq!(first, second, "nothing changed, so nothing is written");
+    }
+
+    #[test]
+    fn ipv6_capacity_does_not_overflow() {
+        assert_eq!(capacity(&net("fd00::/64")), 1u128 << 64);
+        assert_eq!(capacity(&net("10.0.0.0/16")), 65536);
+        assert_eq!(capacity(&net("::/0")), u128::MAX);
+    }
+}
