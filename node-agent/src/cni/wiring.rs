@@ -16,9 +16,7 @@ use sha1::{Digest, Sha1};
 use super::error::{CniError, ErrorCode, kernel};
 use super::netlink::{self, Netlink, errno, errno_of};
 
-/// Route protocol number on every host route Tortie installs, so the agent can tell its
-/// routes from everyone else's (`ip route show proto 84`).
-pub const ROUTE_PROTOCOL: u8 = 84;
+pub use crate::ROUTE_PROTOCOL;
 
 /// The IPv4 next hop every pod uses; nobody owns it, the host veth answers by proxy ARP.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
