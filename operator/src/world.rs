@@ -491,3 +491,50 @@ pub fn merge_felix(
         own.or(base).cloned().unwrap_or_default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_objects_are_skipped_and_good_ones_kept() {
+        let bad: DeserializeGuard<IPPool> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "IPPool",
+            "metadata": {"name": "broken"},
+            "spec": {"cidr": 10, "ipipMode": "Sometimes"}
+        }))
+        .expect("the guard takes any object with metadata");
+        assert_eq!(bad.name_any(), "broken");
+        assert!(well_formed("IPPool", bad).is_none());
+
+        let good: DeserializeGuard<IPPool> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "IPPool",
+            "metadata": {"name": "fine"},
+            "spec": {"cidr": "10.0.0.0/16"}
+        }))
+        .expect("a pool parses");
+        assert_eq!(
+            well_formed("IPPool", good).map(|p| p.spec.cidr),
+            Some("10.0.0.0/16".to_owned())
+        );
+    }
+
+    #[test]
+    fn felix_node_fields_win_field_by_field() {
+        let base = tortie_crds::felix::FelixConfigurationSpec {
+            ipip_mtu: Some(1400),
+            log_severity_screen: Some("Info".into()),
+            ..Default::default()
+        };
+        let own = tortie_crds::felix::FelixConfigurationSpec {
+            ipip_mtu: Some(1300),
+            ..Default::default()
+        };
+        let merged = merge_felix(Some(&base), Some(&own));
+        assert_eq!(merged.ipip_mtu, Some(1300));
+        assert_eq!(merged.log_severity_screen.as_deref(), Some("Info"));
+        assert_eq!(merge_felix(None, None), Default::default());
+    }
+}

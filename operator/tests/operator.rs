@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use tortie_crds::ipam::{AllocationAttribute, IPAMBlock};
@@ -490,4 +493,36 @@ async fn one_leader_and_handover_within_the_lease() {
             .status
             .success()
     });
+
+    // Someone else takes the lease: the leader must stop writing, and does so by exiting
+    // non-zero.
+    let leases = Api::<Lease>::namespaced(cluster.client().await, "tortie-system");
+    let mut lease = leases
+        .get("tortie-operator")
+        .await
+        .expect("the lease exists");
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some("someone-else".into());
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    spec.lease_duration_seconds = Some(600);
+    leases
+        .replace("tortie-operator", &PostParams::default(), &lease)
+        .await
+        .expect("the lease can be taken over");
+    let survivor = &mut replicas[standby];
+    wait_for(
+        "the leader to exit after losing the lease",
+        Duration::from_secs(2 * lease_seconds + 5),
+        || survivor.child.try_wait().ok().flatten().is_some(),
+    );
+    let status = survivor
+        .child
+        .try_wait()
+        .expect("the exit status can be read")
+        .expect("the process exited");
+    assert!(
+        !status.success(),
+        "exited with {status} after losing the lease"
+    );
+    assert!(survivor.log_text().contains("Lost the lease"));
 }
