@@ -13,6 +13,13 @@
 //!   Of two overlapping pools the older (by creation time, then name) keeps the range and
 //!   stays allocatable; the newer one is not allocatable until the overlap is resolved.
 //! - `Disabled`: mirrors `spec.disabled`.
+//!
+//! Deleting a pool waits (finalizer `tortie.dev/allocations`) until no address of its
+//! range is allocated; the status then says how many addresses on which nodes hold it,
+//! and an Event says so once.
+
+// Known limitation: the empty blocks and affinities a deleted pool leaves behind are not
+// removed here; that is IPAM garbage collection's work.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

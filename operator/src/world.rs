@@ -7,6 +7,9 @@
 //! well-formed version, if any, so one bad write never empties a pool's routes or stalls
 //! a watch.
 
+// Known limitation: the pool and node-config controllers keep kube's own caches of IPPools,
+// Nodes and NodeNetworkConfigs beside these, so those kinds are watched and held twice.
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -76,6 +76,19 @@ impl Operator {
             .is_some_and(|(_, body)| body.lines().any(|l| l == "tortie_operator_leader 1"))
     }
 
+    /// Sends SIGTERM by PID and waits for the exit; true when it exited successfully.
+    fn terminate(&mut self) -> bool {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .expect("the operator can be signalled");
+        let mut status = None;
+        wait_for(&format!("operator {} to exit", self.name), REACT, || {
+            status = self.child.try_wait().expect("the exit status can be read");
+            status.is_some()
+        });
+        status.is_some_and(|s| s.success())
+    }
+
     /// Kills the process with SIGKILL by its PID and reaps it.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -418,7 +431,13 @@ async fn default_pool_from_kubeadm_then_fallback() {
     // Without the ConfigMap and without any pool, a restarted operator falls back.
     cluster.kubectl(&["delete", "ippool", "default-ipv4-ippool"]);
     cluster.kubectl(&["delete", "configmap", "-n", "kube-system", "kubeadm-config"]);
-    drop(first);
+    let mut first = first;
+    assert!(first.terminate(), "SIGTERM ends the operator cleanly");
+    assert!(
+        first.log_text().contains("Released the lease"),
+        "{}",
+        first.log_text()
+    );
     let _second = Operator::start(&cluster, "op-fallback", &[]);
     wait_for("default pool 192.168.0.0/16", REACT, || {
         cidr() == b"192.168.0.0/16"
