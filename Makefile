@@ -1,10 +1,16 @@
 # The commands a person needs. `make help` lists them.
 SHELL := /bin/bash
 
-.PHONY: help test lint fmt crds binaries control-plane
+.PHONY: help demo demo-down test lint fmt crds binaries control-plane
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+demo: ## the main job: local cluster, Tortie by its Helm chart, pool 10.244.0.0/16, pods on two nodes talking
+	bash tests/e2e/scripts/demo.sh up
+
+demo-down: ## take the demo cluster down, leaving no process, namespace or link
+	bash tests/e2e/scripts/demo.sh down
 
 test: ## run every test: unit, property and end-to-end (needs root for the end-to-end part)
 	bash tests/run-tests.sh

@@ -361,6 +361,38 @@ impl Cluster {
         self.state.bin_dir.join("kubectl")
     }
 
+    /// The directory of the control-plane binaries (kubectl, helm, ...).
+    pub fn bin_dir(&self) -> &Path {
+        &self.state.bin_dir
+    }
+
+    /// A command prefix that runs a program inside a pod the node runtime of `node` runs:
+    /// in the network and mount namespaces of the pod's first running container. Append
+    /// the program and its arguments.
+    pub fn pod_command(&self, node: &str, pod_uid: &str) -> Result<Command, Error> {
+        let record = self.node(node).ok_or_else(|| Error::NoSuchNode {
+            cluster: self.state.name.clone(),
+            node: node.to_string(),
+        })?;
+        let path = crate::runtime::pod_record_path(&record.dir, pod_uid);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::io(&path, source))?;
+        let pod: crate::runtime::PodRecord =
+            serde_json::from_str(&text).map_err(|e| Error::State {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let pid = pod.containers.values().next().ok_or_else(|| Error::State {
+            path: path.clone(),
+            message: format!(
+                "pod {}/{} has no running container",
+                pod.namespace, pod.name
+            ),
+        })?;
+        let mut command = Command::new("nsenter");
+        command.args(["--target", &pid.to_string(), "--mount", "--net", "--"]);
+        Ok(command)
+    }
+
     /// The nodes, in the order they were added.
     pub fn nodes(&self) -> &[NodeRecord] {
         &self.state.nodes

@@ -45,6 +45,7 @@
 //! [`cluster::down`] removes exactly what is recorded.
 
 pub mod cluster;
+pub mod demo;
 pub mod netns;
 pub mod pki;
 pub mod plan;

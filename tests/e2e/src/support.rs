@@ -304,17 +304,14 @@ impl TestCluster {
     /// Runs a command inside a pod: in the network and mount namespaces of its first running
     /// container, on its node. Returns the output whatever the outcome.
     pub fn exec_in_pod(&self, namespace: &str, pod: &str, command: &[&str]) -> Output {
-        let record = self.pod_record(namespace, pod);
-        let pid = record
-            .containers
-            .values()
-            .next()
-            .unwrap_or_else(|| panic!("pod {namespace}/{pod} has no running container"));
-        Command::new("nsenter")
-            .args(["--target", &pid.to_string(), "--mount", "--net", "--"])
+        let node = self.pod_field(namespace, pod, "{.spec.nodeName}");
+        let uid = self.pod_field(namespace, pod, "{.metadata.uid}");
+        self.cluster()
+            .pod_command(&node, &uid)
+            .unwrap_or_else(|error| panic!("pod {namespace}/{pod}: {error}"))
             .args(command)
             .output()
-            .unwrap_or_else(|error| panic!("nsenter into pod {namespace}/{pod}: {error}"))
+            .unwrap_or_else(|error| panic!("running {command:?} in pod {namespace}/{pod}: {error}"))
     }
 
     /// Connects from a pod to `ip:port` and returns what the server said (the test server

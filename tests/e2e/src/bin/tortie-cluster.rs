@@ -44,6 +44,14 @@ enum Action {
     },
     /// Print the path of the admin kubeconfig (`export KUBECONFIG=$(tortie-cluster kubeconfig)`).
     Kubeconfig,
+    /// The main job: bring the cluster up with two nodes, install Tortie with its Helm
+    /// chart, apply the pool, start a pod on each node and check they talk. The cluster is
+    /// left running.
+    Demo {
+        /// The repository to take the chart and the pool manifest from.
+        #[arg(long, default_value = ".")]
+        repository: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +186,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cluster = Cluster::load(&config.dir)?;
             println!("{}", cluster.kubeconfig().display());
         }
+        Action::Demo { repository } => demo(&config, &repository).await?,
+    }
+    Ok(())
+}
+
+async fn demo(config: &ClusterConfig, repository: &std::path::Path) -> anyhow::Result<()> {
+    if config.dir.join("state.json").exists() {
+        bail!(
+            "cluster {} already exists at {}; take it down first (make demo-down, or \
+             tortie-cluster down --name {})",
+            config.name,
+            config.dir.display(),
+            config.name
+        );
+    }
+    eprintln!(
+        "[demo] bringing up cluster {} (real etcd, API server, controller manager, scheduler)",
+        config.name
+    );
+    let mut cluster = Cluster::up(config).await?;
+    let options = tortie_e2e::demo::DemoOptions::from_repository(repository);
+    let report = tortie_e2e::demo::run(&mut cluster, &options)
+        .await
+        .with_context(|| {
+            format!(
+                "the demo stopped; the cluster is still up for a look (logs in {}); take it \
+                 down with: make demo-down",
+                cluster.dir().join("logs").display()
+            )
+        })?;
+    tortie_e2e::demo::print_summary(&cluster, &report)?;
+    println!();
+    println!("The cluster is still running. To use it:");
+    println!("  export KUBECONFIG={}", cluster.kubeconfig().display());
+    println!("  {}/kubectl get pods -A", cluster.bin_dir().display());
+    println!("Take it down with: make demo-down");
+    if !report.all_passed() {
+        bail!("the pods did not reach each other (see above)");
     }
     Ok(())
 }
