@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The agent image: the agent, the CNI and IPAM plugins it installs on each node, BIRD 2
-# for BGP and nft for inspecting the rules the agent programs.
+# for BGP and nft for the rules the agent programs.
 #
 #   docker build -f images/agent.Dockerfile -t tortie/agent:dev .
 #
@@ -32,8 +32,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 # bird2: the BGP daemon the agent configures and reloads when bgp.enabled is true.
-# nftables: the `nft` command, for reading the agent's rules on a node
-# (`kubectl exec ds/tortie-agent -- nft list ruleset`); the agent itself talks netlink.
+# nftables: the `nft` command; the agent loads its ruleset with `nft -f -`, one
+# transaction per change, and people read it with `nft list ruleset` in the container.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bird2 nftables \
     && rm -rf /var/lib/apt/lists/*
