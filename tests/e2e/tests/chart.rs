@@ -299,7 +299,9 @@ fn deploy_manifest_is_the_rendered_chart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_installs_with_narrow_rbac_and_uninstalls_cleanly() {
-    let Some(cluster) = TestCluster::start("chart-install").await else {
+    // Always a fresh local cluster: on an external one (kind) Tortie is already installed
+    // under these names, and this test installs and uninstalls its own release.
+    let Some(cluster) = TestCluster::start_local("chart-install").await else {
         return;
     };
     let helm = Helm::find("chart-install").expect("the control-plane build includes helm");
