@@ -62,6 +62,15 @@ pub struct Args {
           value_parser = clap::value_parser!(i32).range(20..=128))]
     pub default_block_size: Option<i32>,
 
+    /// Whether the default pool masquerades traffic leaving the pools (`natOutgoing`).
+    #[arg(long, env = "TORTIE_DEFAULT_POOL_NAT_OUTGOING", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub default_pool_nat_outgoing: bool,
+
+    /// Node selector of the default pool (Calico selector syntax); unset means all().
+    #[arg(long, env = "TORTIE_DEFAULT_POOL_NODE_SELECTOR")]
+    pub default_pool_node_selector: Option<String>,
+
     /// MTU of the nodes' uplink interfaces, from which pod MTUs are derived when
     /// FelixConfiguration does not set them.
     #[arg(long, env = "TORTIE_UPLINK_MTU", default_value_t = 1500,

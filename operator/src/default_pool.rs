@@ -212,14 +212,11 @@ pub fn choose_cidr(
     }
 }
 
-/// The default pool over `cidr`: outgoing NAT on, every node, the given encapsulation
-/// (IPIP modes become Never on an IPv6 range, which IPIP cannot carry).
-pub fn default_pool(
-    cidr: IpNet,
-    encapsulation: PoolEncapsulation,
-    block_size: Option<i32>,
-) -> IPPool {
-    let (mut ipip, vxlan) = encapsulation.modes();
+/// The default pool over `cidr` with the configured encapsulation, block size, outgoing
+/// NAT and node selector (IPIP modes become Never on an IPv6 range, which IPIP cannot
+/// carry).
+pub fn default_pool(cidr: IpNet, settings: &DefaultPoolSettings) -> IPPool {
+    let (mut ipip, vxlan) = settings.encapsulation.modes();
     if matches!(cidr.addr(), IpAddr::V6(_)) {
         ipip = EncapsulationMode::Never;
     }
@@ -230,8 +227,11 @@ pub fn default_pool(
     let mut spec = IPPoolSpec::new(cidr.to_string());
     spec.ipip_mode = ipip;
     spec.vxlan_mode = vxlan;
-    spec.nat_outgoing = true;
-    spec.block_size = block_size;
+    spec.nat_outgoing = settings.nat_outgoing;
+    spec.block_size = settings.block_size;
+    if let Some(selector) = &settings.node_selector {
+        spec.node_selector = selector.clone();
+    }
     IPPool::new(name, spec)
 }
 
@@ -243,6 +243,10 @@ pub struct DefaultPoolSettings {
     pub encapsulation: PoolEncapsulation,
     /// `--default-block-size`.
     pub block_size: Option<i32>,
+    /// `--default-pool-nat-outgoing`.
+    pub nat_outgoing: bool,
+    /// `--default-pool-node-selector`; `None` keeps the schema's `all()`.
+    pub node_selector: Option<String>,
 }
 
 /// Creates the default pool when the (synced) caches hold no pool at all.
@@ -266,7 +270,7 @@ pub async fn ensure_default_pool(
         .flat_map(|n| n.pod_cidrs.clone())
         .collect();
     let chosen = choose_cidr(settings.cidr, kubeadm, &node_ranges);
-    let pool = default_pool(chosen.cidr, settings.encapsulation, settings.block_size);
+    let pool = default_pool(chosen.cidr, settings);
 
     let api = Api::<IPPool>::all(client.clone());
     let created = match api.create(&Default::default(), &pool).await {
@@ -415,24 +419,50 @@ mod tests {
         assert!(fallback.reason().contains("192.168.0.0/16"));
     }
 
+    fn settings(encapsulation: PoolEncapsulation, block_size: Option<i32>) -> DefaultPoolSettings {
+        DefaultPoolSettings {
+            cidr: None,
+            encapsulation,
+            block_size,
+            nat_outgoing: true,
+            node_selector: None,
+        }
+    }
+
     #[test]
     fn default_pool_is_named_like_calicos_and_nats() {
-        let pool = default_pool(net("10.244.0.0/16"), PoolEncapsulation::Ipip, None);
+        let pool = default_pool(
+            net("10.244.0.0/16"),
+            &settings(PoolEncapsulation::Ipip, None),
+        );
         assert_eq!(pool.metadata.name.as_deref(), Some(DEFAULT_IPV4_POOL_NAME));
         assert!(pool.spec.nat_outgoing);
         assert_eq!(pool.spec.ipip_mode, EncapsulationMode::Always);
         assert_eq!(pool.spec.encapsulation_label(), "IPIP");
 
-        let v6 = default_pool(net("fd00:10::/48"), PoolEncapsulation::Ipip, Some(120));
+        let v6 = default_pool(
+            net("fd00:10::/48"),
+            &settings(PoolEncapsulation::Ipip, Some(120)),
+        );
         assert_eq!(v6.metadata.name.as_deref(), Some(DEFAULT_IPV6_POOL_NAME));
         assert_eq!(v6.spec.ipip_mode, EncapsulationMode::Never);
         assert_eq!(v6.spec.block_size, Some(120));
 
         let vx = default_pool(
             net("10.0.0.0/16"),
-            PoolEncapsulation::VxlanCrossSubnet,
-            None,
+            &settings(PoolEncapsulation::VxlanCrossSubnet, None),
         );
         assert_eq!(vx.spec.encapsulation_label(), "VXLANCrossSubnet");
+    }
+
+    #[test]
+    fn default_pool_takes_nat_and_node_selector_from_the_settings() {
+        let mut chosen = settings(PoolEncapsulation::None, None);
+        chosen.nat_outgoing = false;
+        chosen.node_selector = Some("pool == 'a'".to_string());
+        let pool = default_pool(net("10.244.0.0/16"), &chosen);
+        assert!(!pool.spec.nat_outgoing);
+        assert_eq!(pool.spec.node_selector, "pool == 'a'");
+        assert_eq!(pool.spec.encapsulation_label(), "None");
     }
 }

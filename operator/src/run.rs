@@ -215,6 +215,11 @@ async fn lead_when_elected(
             cidr: args.default_pool_cidr,
             encapsulation: args.default_pool_encapsulation,
             block_size: args.default_block_size,
+            nat_outgoing: args.default_pool_nat_outgoing,
+            node_selector: args
+                .default_pool_node_selector
+                .clone()
+                .filter(|selector| !selector.trim().is_empty()),
         },
         node_settings: NodeConfigSettings {
             uplink_mtu: args.uplink_mtu,
