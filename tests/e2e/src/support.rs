@@ -94,6 +94,13 @@ impl TestCluster {
             .expect("this test needs a local cluster (TestCluster::start_local)")
     }
 
+    /// The local cluster, to add nodes or runtimes to; panics on an external one.
+    pub fn cluster_mut(&mut self) -> &mut Cluster {
+        self.local
+            .as_mut()
+            .expect("this test needs a local cluster (TestCluster::start_local)")
+    }
+
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
