@@ -19,6 +19,10 @@ const MAX_BGP_LIST: u32 = 100;
 /// Most communities one prefix advertisement attaches.
 const MAX_PREFIX_COMMUNITIES: u32 = 10;
 
+/// Longest community name; with the list bounds it keeps the cross-reference rule (every
+/// advertised community looked up among the named ones) within the API server's CEL budget.
+const MAX_COMMUNITY_NAME: u32 = 128;
+
 /// The text form of a community value: `aa:nn` (standard) or `aa:nn:mm` (large).
 const COMMUNITY_VALUE_PATTERN: &str = "^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$";
 
@@ -224,7 +228,7 @@ pub struct ServiceIpBlock {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Community {
     /// The name prefix advertisements use to refer to this value.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = MAX_COMMUNITY_NAME))]
     pub name: String,
     /// `aa:nn` with 16-bit numbers for a standard community, `aa:nn:mm` with 32-bit numbers
     /// for a large one; `aa` is an AS number.
@@ -245,7 +249,7 @@ pub struct PrefixAdvertisement {
     pub cidr: String,
     /// Community values, or names from `communities`.
     #[serde(default)]
-    #[schemars(length(max = MAX_PREFIX_COMMUNITIES), inner(length(max = 253)))]
+    #[schemars(length(max = MAX_PREFIX_COMMUNITIES), inner(length(max = MAX_COMMUNITY_NAME)))]
     pub communities: Vec<String>,
 }
 

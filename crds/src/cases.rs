@@ -9,12 +9,15 @@ use serde_json::Value;
 
 use crate::bgp::{BGPConfigurationSpec, BGPPeerSpec, NodeSpec};
 use crate::felix::FelixConfigurationSpec;
+use crate::ipam::{BlockAffinitySpec, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec, IPAMHandleSpec};
 use crate::ippool::{IPPool, IPPoolSpec};
+use crate::node_network_config::NodeNetworkConfigSpec;
 use crate::validation::{FieldPath, Validate, ValidationErrors};
 
 /// Checks `value` as the kind named `kind`, or returns `None` for a kind Tortie does not
 /// know. `IPPool` takes a whole object (with `metadata` and `spec`) or just its spec; the
-/// `...Spec` kinds and `NodeSpec` take the spec, and the parts of a policy (`Rule`,
+/// `...Spec` kinds and `NodeSpec` take the spec (`IPAMConfig` also a whole object, whose
+/// name is checked), and the parts of a policy (`Rule`,
 /// `EntityRule`, `ICMPFields`, `Protocol`) take that part. Fields are named from `spec`.
 pub fn validate_value(kind: &str, value: &Value) -> Option<Result<(), ValidationErrors>> {
     if let Some(result) = crate::policy::validate_value(kind, value) {
@@ -28,6 +31,12 @@ pub fn validate_value(kind: &str, value: &Value) -> Option<Result<(), Validation
         "BGPConfigurationSpec" => check::<BGPConfigurationSpec>(value, &spec),
         "FelixConfigurationSpec" => check::<FelixConfigurationSpec>(value, &spec),
         "NodeSpec" => check::<NodeSpec>(value, &spec),
+        "IPAMBlockSpec" => check::<IPAMBlockSpec>(value, &spec),
+        "BlockAffinitySpec" => check::<BlockAffinitySpec>(value, &spec),
+        "IPAMHandleSpec" => check::<IPAMHandleSpec>(value, &spec),
+        "IPAMConfig" if is_whole_object(value) => check::<IPAMConfig>(value, &FieldPath::root()),
+        "IPAMConfig" | "IPAMConfigSpec" => check::<IPAMConfigSpec>(value, &spec),
+        "NodeNetworkConfigSpec" => check::<NodeNetworkConfigSpec>(value, &spec),
         _ => return None,
     };
     Some(result)

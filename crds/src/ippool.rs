@@ -55,10 +55,12 @@ fn pool_holds_a_block_rule() -> String {
 }
 
 fn pool_holds_a_block_message() -> String {
+    // `format` rather than `+` and `string()`: the API server's cost estimate treats a
+    // converted value as unbounded and refuses a concatenation with it.
     format!(
-        "'cidr: pool ' + self.cidr + ' is smaller than one block (/' + string({bs}) + \
-         '); an enabled pool must hold at least one block: use a larger cidr or set \
-         blockSize to ' + string(cidr(self.cidr).prefixLength()) + ' or more'",
+        "'cidr: pool %s is smaller than one block (/%d); an enabled pool must hold at least \
+         one block: use a larger cidr or set blockSize to %d or more'.format([self.cidr, {bs}, \
+         cidr(self.cidr).prefixLength()])",
         bs = effective_block_size_cel("self")
     )
 }
@@ -82,8 +84,8 @@ fn block_size_immutable_rule() -> String {
 const CIDR_IS_CIDR: &str = "isCIDR(self)";
 const CIDR_IS_CIDR_MESSAGE: &str = "cidr must be a CIDR such as 10.244.0.0/16 or fd00:10:244::/48";
 const CIDR_MASKED: &str = "!isCIDR(self) || cidr(self) == cidr(self).masked()";
-const CIDR_MASKED_MESSAGE: &str = "'cidr ' + self + ' has host bits set; did you mean ' + \
-     string(cidr(self).masked()) + '?'";
+const CIDR_MASKED_MESSAGE: &str =
+    "'cidr %s has host bits set; did you mean %s?'.format([self, string(cidr(self).masked())])";
 const CIDR_NOT_LINK_LOCAL: &str = "!isCIDR(self) || (cidr(self).ip().family() == 4 ? \
      !(cidr('169.254.0.0/16').containsCIDR(cidr(self)) || cidr(self).containsCIDR(cidr('169.254.0.0/16'))) : \
      !(cidr('fe80::/10').containsCIDR(cidr(self)) || cidr(self).containsCIDR(cidr('fe80::/10'))))";

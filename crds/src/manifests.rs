@@ -24,7 +24,54 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ];
     crds.extend(crate::ipam::crds());
     crds.extend(crate::policy::crds());
-    crds
+    crds.into_iter().map(unwrap_descriptions).collect()
+}
+
+/// The CRD with every description's lines joined into paragraphs. Doc comments wrap at
+/// the source's line width, and `kubectl explain` would print those breaks mid-sentence.
+fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(&crd).expect("a CRD serialises to JSON");
+    unwrap_in(&mut value);
+    serde_json::from_value(value).expect("only description texts changed, so it is still a CRD")
+}
+
+fn unwrap_in(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = unwrap_text(text);
+                    }
+                    _ => unwrap_in(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_in),
+        _ => {}
+    }
+}
+
+/// Joins wrapped lines with spaces; blank lines (paragraphs) and lines that start a list
+/// item keep their break.
+fn unwrap_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut previous_blank = true;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        let list_item = trimmed.starts_with("- ") || trimmed.starts_with("* ");
+        if trimmed.is_empty() {
+            out.push_str("\n\n");
+            previous_blank = true;
+            continue;
+        }
+        if !previous_blank {
+            out.push(if list_item { '\n' } else { ' ' });
+        }
+        out.push_str(trimmed);
+        previous_blank = false;
+    }
+    out.trim_end().to_owned()
 }
 
 /// The file a CRD is written to: its name (`<plural>.<group>`) with `.yaml`.
@@ -40,4 +87,18 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 /// A CRD as the YAML `crdgen` writes.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
     serde_saphyr::to_string(crd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_lines_join_but_paragraphs_and_list_items_stay() {
+        let text = "A pool's range, for\nexample 10.0.0.0/8.\n\nModes:\n- Always\n- Never";
+        assert_eq!(
+            unwrap_text(text),
+            "A pool's range, for example 10.0.0.0/8.\n\nModes:\n- Always\n- Never"
+        );
+    }
 }

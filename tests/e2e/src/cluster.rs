@@ -48,6 +48,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a node runtime gets between SIGTERM and SIGKILL: it stops its pods and
+/// removes their sandboxes in about ten seconds.
+const RUNTIME_STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// Directories every node gets under `<cluster dir>/nodes/<name>/`.
 pub const NODE_DIRS: [&str; 5] = [
     "etc/cni/net.d",
@@ -118,6 +122,35 @@ pub fn bin_dir() -> Result<PathBuf, Error> {
     Ok(PathBuf::from(netns::run(command)?.trim()))
 }
 
+/// The `tortie-node-runtime` binary: `$TORTIE_NODE_RUNTIME`, else the one next to the
+/// running program (cargo puts binaries in `target/debug`, integration tests in
+/// `target/debug/deps`).
+pub fn runtime_binary() -> Result<PathBuf, Error> {
+    const NAME: &str = "tortie-node-runtime";
+    if let Some(path) = std::env::var_os("TORTIE_NODE_RUNTIME") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe =
+        std::env::current_exe().map_err(|source| Error::io(Path::new("/proc/self/exe"), source))?;
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(NAME))
+        .collect::<Vec<_>>();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| Error::NoRuntimeBinary {
+            looked: candidates
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// The required binaries that `bin_dir` lacks.
 pub fn missing_binaries(bin_dir: &Path) -> Vec<&'static str> {
     REQUIRED_BINARIES
@@ -176,6 +209,9 @@ pub struct NodeRecord {
     pub labels: BTreeMap<String, String>,
     /// `<cluster dir>/nodes/<name>`.
     pub dir: PathBuf,
+    /// The node runtime running on it, if one was started.
+    #[serde(default)]
+    pub runtime: Option<ProcessRecord>,
 }
 
 /// What `down` did.
@@ -373,6 +409,7 @@ impl Cluster {
             underlay_link: plan::node_underlay_link(subnet, address),
             labels: labels.clone(),
             dir: self.state.dir.join("nodes").join(name),
+            runtime: None,
         };
         self.state.nodes.push(node.clone());
         self.save()?;
@@ -392,6 +429,10 @@ impl Cluster {
             cluster: self.state.name.clone(),
             node: name.to_string(),
         })?;
+        // The runtime first: it tears down its pods' sandboxes while the node still exists.
+        if let Some(runtime) = &node.runtime {
+            runtime.stop(RUNTIME_STOP_GRACE)?;
+        }
 
         // The local parts go even when the API server cannot be reached.
         let api = match self.client().await {
@@ -412,12 +453,85 @@ impl Cluster {
         api
     }
 
+    /// Starts the node runtime on a node (through [`NodeRecord::command`], with the node's
+    /// kubeconfig) and records its PID, so `down` and `node remove` end it first. Waits until
+    /// it has reported the node's status once.
+    pub async fn start_runtime(
+        &mut self,
+        name: &str,
+        binary: &Path,
+    ) -> Result<ProcessRecord, Error> {
+        let node = self.node(name).cloned().ok_or_else(|| Error::NoSuchNode {
+            cluster: self.state.name.clone(),
+            node: name.to_string(),
+        })?;
+        if let Some(running) = node.runtime.as_ref().filter(|runtime| runtime.is_running()) {
+            return Ok(running.clone());
+        }
+        let mut command = node.command(&binary.to_string_lossy());
+        command
+            .arg("run")
+            .arg("--node")
+            .arg(&node.name)
+            .arg("--kubeconfig")
+            .arg(node.kubeconfig())
+            .arg("--node-dir")
+            .arg(&node.dir);
+        let log = self
+            .state
+            .dir
+            .join("logs")
+            .join(format!("node-runtime-{name}.log"));
+        let record = process::spawn(&format!("node-runtime-{name}"), command, &log)?;
+        if let Some(entry) = self.state.nodes.iter_mut().find(|n| n.name == name) {
+            entry.runtime = Some(record.clone());
+        }
+        self.save()?;
+
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if !record.is_running() {
+                return Err(Error::Exited {
+                    name: record.name.clone(),
+                    log: record.log.clone(),
+                    tail: record.log_tail(20),
+                });
+            }
+            let reason = nodes
+                .get_opt(name)
+                .await?
+                .and_then(|node| node.status?.conditions)
+                .and_then(|conditions| conditions.into_iter().find(|c| c.type_ == "Ready"))
+                .and_then(|ready| ready.reason);
+            match reason.as_deref() {
+                Some("NodeRuntimeNotStarted") | None if Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Some("NodeRuntimeNotStarted") | None => {
+                    return Err(Error::Timeout {
+                        what: format!("the node runtime of {name} to report"),
+                        timeout: READY_TIMEOUT,
+                        last: record.log_tail(5),
+                    });
+                }
+                Some(_) => return Ok(record),
+            }
+        }
+    }
+
     /// Processes, API readiness and nodes.
     pub async fn status(&self) -> Status {
         let processes = self
             .state
             .processes
             .iter()
+            .chain(
+                self.state
+                    .nodes
+                    .iter()
+                    .filter_map(|node| node.runtime.as_ref()),
+            )
             .map(|process| (process.clone(), process.is_running()))
             .collect();
         let api = match tokio::time::timeout(Duration::from_secs(5), self.api_readiness()).await {
@@ -932,6 +1046,14 @@ pub fn down(dir: &Path, keep: bool) -> Result<DownReport, Error> {
 
     // Keep going after a failure, so one stuck piece does not leave everything else behind.
     let mut failures = Vec::new();
+    // Node runtimes first, while the API server and the node namespaces are still there:
+    // each stops its pods and removes their sandboxes on SIGTERM.
+    for runtime in state.nodes.iter().filter_map(|node| node.runtime.as_ref()) {
+        match runtime.stop(RUNTIME_STOP_GRACE) {
+            Ok(stopped) => report.processes.push((runtime.clone(), stopped)),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
     for process in state.processes.iter().rev() {
         match process.stop(STOP_GRACE) {
             Ok(stopped) => report.processes.push((process.clone(), stopped)),
@@ -1008,7 +1130,8 @@ fn free_ports<const N: usize>(address: IpAddr) -> Result<[u16; N], Error> {
     Ok(ports)
 }
 
-fn kubernetes_arch() -> &'static str {
+/// The Kubernetes name of this machine's architecture (`amd64`, `arm64`, ...).
+pub fn kubernetes_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -1122,6 +1245,7 @@ mod tests {
             underlay_link: "na10".into(),
             labels: BTreeMap::new(),
             dir: PathBuf::from("/tmp/it's/nodes/n1"),
+            runtime: None,
         };
         let prefix = node.command_prefix();
         assert_eq!(&prefix[..4], ["ip", "netns", "exec", "tortie_c_node_n1"]);

@@ -36,7 +36,10 @@
 //!   namespace for anything run on the node ([`cluster::NodeRecord::command_prefix`]);
 //! - credentials for `system:node:<n>` in `<node dir>/kubeconfig`, for a node runtime;
 //! - a Node object with InternalIP = its address, the hostname, os and arch labels, extra
-//!   labels, and a `Ready=False` condition until a node runtime reports.
+//!   labels, and a `Ready=False` condition until a node runtime reports;
+//! - optionally its node runtime (`tortie-node-runtime run`, [`runtime`]), started through
+//!   the node's command prefix with the node's kubeconfig: it plays the kubelet and the
+//!   container runtime there, and `down` ends it before anything else.
 //!
 //! Everything made is recorded in `<cluster dir>/state.json` before it is made, and
 //! [`cluster::down`] removes exactly what is recorded.
@@ -46,6 +49,7 @@ pub mod netns;
 pub mod pki;
 pub mod plan;
 pub mod process;
+pub mod runtime;
 pub mod support;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +115,15 @@ pub enum Error {
         dir: PathBuf,
         /// Which ones are missing.
         missing: String,
+    },
+    /// The node runtime binary was not found.
+    #[error(
+        "tortie-node-runtime not found (looked at {looked}); build it with \
+         `cargo build -p tortie-e2e --bins` or point TORTIE_NODE_RUNTIME at it"
+    )]
+    NoRuntimeBinary {
+        /// The paths looked at.
+        looked: String,
     },
     /// `up` found the state of a cluster that is up.
     #[error(

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{self, Cluster, ClusterConfig, DownReport, NodeRecord};
 use crate::plan::Subnet;
+use crate::runtime::{self, PodRecord};
 
 /// How often `wait_for` checks its condition.
 const POLL: Duration = Duration::from_millis(100);
@@ -121,12 +122,13 @@ impl TestCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// `kubectl apply -f -` with `yaml` on stdin; returns kubectl's stdout.
-    pub fn apply_yaml(&self, yaml: &str) -> String {
+    /// Runs kubectl with `input` on its stdin and returns what it printed, whatever the
+    /// outcome: for `-f -` commands, and for checking what the API server refuses.
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
         let mut child = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["apply", "-f", "-"])
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -136,11 +138,16 @@ impl TestCluster {
             .stdin
             .take()
             .expect("stdin was piped")
-            .write_all(yaml.as_bytes())
+            .write_all(input.as_bytes())
             .expect("kubectl reads its stdin");
-        let output = child
+        child
             .wait_with_output()
-            .expect("kubectl runs to completion");
+            .expect("kubectl runs to completion")
+    }
+
+    /// `kubectl apply -f -` with `yaml` on stdin; returns kubectl's stdout.
+    pub fn apply_yaml(&self, yaml: &str) -> String {
+        let output = self.kubectl_with_input(&["apply", "-f", "-"], yaml);
         assert!(
             output.status.success(),
             "kubectl apply failed ({}): {}\n--- manifest ---\n{yaml}",
@@ -174,6 +181,163 @@ impl TestCluster {
             .add_node(name, subnet, &labels)
             .await
             .unwrap_or_else(|error| panic!("node {name} could not be added: {error}"))
+    }
+
+    /// Adds a node to the local cluster and starts its node runtime; returns once the
+    /// runtime has reported the node's status.
+    pub async fn add_node_with_runtime(
+        &mut self,
+        name: &str,
+        subnet: Subnet,
+        labels: &[(&str, &str)],
+    ) -> NodeRecord {
+        self.add_node(name, subnet, labels).await;
+        let binary = cluster::runtime_binary().unwrap_or_else(|error| panic!("{error}"));
+        let cluster = self
+            .local
+            .as_mut()
+            .expect("add_node_with_runtime needs a local cluster");
+        cluster
+            .start_runtime(name, &binary)
+            .await
+            .unwrap_or_else(|error| panic!("node runtime of {name} did not start: {error}"));
+        cluster
+            .node(name)
+            .cloned()
+            .expect("the node was just added")
+    }
+
+    /// One field of a pod, by JSONPath (`{.status.podIP}`); empty when the pod is missing.
+    pub fn pod_field(&self, namespace: &str, pod: &str, jsonpath: &str) -> String {
+        let output = self.kubectl_output(&[
+            "get",
+            "pod",
+            "-n",
+            namespace,
+            pod,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ]);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// True while the Pod object exists; false once the API server says NotFound. Panics on
+    /// any other answer, so a failing kubectl is not mistaken for a deleted pod.
+    pub fn pod_exists(&self, namespace: &str, pod: &str) -> bool {
+        let output = self.kubectl_output(&["get", "pod", "-n", namespace, pod, "-o", "name"]);
+        if output.status.success() {
+            return true;
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("NotFound"),
+            "kubectl get pod {namespace}/{pod}: {stderr}"
+        );
+        false
+    }
+
+    /// The pod's address from its status.
+    pub fn pod_ip(&self, namespace: &str, pod: &str) -> String {
+        let ip = self.pod_field(namespace, pod, "{.status.podIP}");
+        assert!(!ip.is_empty(), "pod {namespace}/{pod} has no podIP");
+        ip
+    }
+
+    /// Waits until the pod's phase is Running.
+    pub fn wait_pod_running(&self, namespace: &str, pod: &str, timeout: Duration) {
+        wait_for(
+            &format!("pod {namespace}/{pod} to be Running"),
+            timeout,
+            || self.pod_field(namespace, pod, "{.status.phase}") == "Running",
+        );
+    }
+
+    /// Waits until the pod's Ready condition is True.
+    pub fn wait_pod_ready(&self, namespace: &str, pod: &str, timeout: Duration) {
+        wait_for(
+            &format!("pod {namespace}/{pod} to be Ready"),
+            timeout,
+            || {
+                self.pod_field(
+                    namespace,
+                    pod,
+                    "{.status.conditions[?(@.type==\"Ready\")].status}",
+                ) == "True"
+            },
+        );
+    }
+
+    /// The node a pod runs on, from the local cluster's records.
+    pub fn pod_node(&self, namespace: &str, pod: &str) -> NodeRecord {
+        let node = self.pod_field(namespace, pod, "{.spec.nodeName}");
+        self.cluster().node(&node).cloned().unwrap_or_else(|| {
+            panic!("pod {namespace}/{pod} is on {node:?}, not a node of this cluster")
+        })
+    }
+
+    /// What the node runtime recorded about a running pod (its netns, address, PIDs).
+    pub fn pod_record(&self, namespace: &str, pod: &str) -> PodRecord {
+        let node = self.pod_node(namespace, pod);
+        let uid = self.pod_field(namespace, pod, "{.metadata.uid}");
+        let path = runtime::pod_record_path(&node.dir, &uid);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+            panic!(
+                "pod {namespace}/{pod}: no runtime record at {}: {error}",
+                path.display()
+            )
+        });
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    }
+
+    /// The log file of one of the pod's containers on its node.
+    pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> String {
+        let node = self.pod_node(namespace, pod);
+        let uid = self.pod_field(namespace, pod, "{.metadata.uid}");
+        let path = node
+            .dir
+            .join("var/log/pods")
+            .join(format!("{namespace}_{pod}_{uid}"))
+            .join(format!("{container}.log"));
+        std::fs::read_to_string(&path).unwrap_or_default()
+    }
+
+    /// Runs a command inside a pod: in the network and mount namespaces of its first running
+    /// container, on its node. Returns the output whatever the outcome.
+    pub fn exec_in_pod(&self, namespace: &str, pod: &str, command: &[&str]) -> Output {
+        let record = self.pod_record(namespace, pod);
+        let pid = record
+            .containers
+            .values()
+            .next()
+            .unwrap_or_else(|| panic!("pod {namespace}/{pod} has no running container"));
+        Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--mount", "--net", "--"])
+            .args(command)
+            .output()
+            .unwrap_or_else(|error| panic!("nsenter into pod {namespace}/{pod}: {error}"))
+    }
+
+    /// Connects from a pod to `ip:port` and returns what the server said (the test server
+    /// answers with its pod's name), or what went wrong.
+    pub fn tcp_check(&self, from: (&str, &str), ip: &str, port: u16) -> Result<String, String> {
+        let binary = cluster::runtime_binary().unwrap_or_else(|error| panic!("{error}"));
+        let output = self.exec_in_pod(
+            from.0,
+            from.1,
+            &[&binary.to_string_lossy(), "connect", ip, &port.to_string()],
+        );
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
+
+    /// True when one ping from a pod to `ip` is answered.
+    pub fn ping(&self, from: (&str, &str), ip: &str) -> bool {
+        self.exec_in_pod(from.0, from.1, &["ping", "-c", "1", "-W", "2", ip])
+            .status
+            .success()
     }
 
     /// Takes the local cluster down now and says what that did (drop does the same

@@ -58,6 +58,10 @@ enum NodeAction {
         /// An extra label for the Node, as key=value; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Start the node runtime on it (`tortie-node-runtime`, found next to this binary or
+        /// at $TORTIE_NODE_RUNTIME); it reports the node's status and runs its pods.
+        #[arg(long)]
+        runtime: bool,
     },
     /// Remove a node: its Node object, its namespace and its directory.
     Remove {
@@ -134,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node: name,
                     subnet,
                     labels,
+                    runtime,
                 },
         } => {
             let mut cluster = Cluster::load(&config.dir)?;
@@ -152,6 +157,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|arg| cluster::shell_quote(arg))
                 .collect();
             println!("  run on it: {} <command>", prefix.join(" "));
+            if runtime {
+                let binary = cluster::runtime_binary()?;
+                let record = cluster.start_runtime(&name, &binary).await?;
+                println!(
+                    "  node runtime: pid {}, log {}",
+                    record.pid,
+                    record.log.display()
+                );
+            }
         }
         Action::Node {
             action: NodeAction::Remove { node: name },
