@@ -29,32 +29,35 @@ metadata: {name: default-ipv4-ippool}
 spec: {cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true}
 "#;
 
-/// One node's config as the operator writes it: its block, a direct route to the other
-/// node's block, MTU and NAT. `extra_route` adds a second route to the other node.
-fn node_config(node: &NodeRecord, block: &str, other: (&NodeRecord, &str), extra: bool) -> String {
-    let (other, other_block) = other;
-    let route = |destination: &str| {
-        format!(
-            "  - {{destination: {destination}, node: {}, via: {}, encapsulation: Direct}}\n",
-            other.name, other.address
-        )
-    };
-    let mut routes = route(other_block);
-    if extra {
-        routes.push_str(&route(EXTRA_BLOCK));
-    }
+/// One node's config as the operator writes it: its blocks, a direct route to each of
+/// `routes` (a block and the node that owns it), MTU and NAT.
+fn node_config(node: &NodeRecord, blocks: &[&str], routes: &[(&str, &NodeRecord)]) -> String {
+    let blocks: Vec<String> = blocks
+        .iter()
+        .map(|cidr| format!("{{cidr: {cidr}, pool: default-ipv4-ippool}}"))
+        .collect();
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(destination, owner)| {
+            format!(
+                "{{destination: {destination}, node: {}, via: {}, encapsulation: Direct}}",
+                owner.name, owner.address
+            )
+        })
+        .collect();
     format!(
         "apiVersion: tortie.dev/v1alpha1\n\
          kind: NodeNetworkConfig\n\
          metadata: {{name: {name}}}\n\
          spec:\n\
          \x20 nodeName: {name}\n\
-         \x20 blocks: [{{cidr: {block}, pool: default-ipv4-ippool}}]\n\
-         \x20 routes:\n\
-         {routes}\
+         \x20 blocks: [{blocks}]\n\
+         \x20 routes: [{routes}]\n\
          \x20 mtu: 1450\n\
          \x20 natOutgoing: {{pools: [10.244.0.0/16], exclude: [10.244.0.0/16]}}\n",
         name = node.name,
+        blocks = blocks.join(", "),
+        routes = routes.join(", "),
     )
 }
 
@@ -164,7 +167,15 @@ fn network_unavailable(test: &TestCluster, node: &str) -> String {
 /// `/readyz` of the agent on `node`, through curl in the node's namespace.
 fn readyz(node: &NodeRecord) -> bool {
     std::process::Command::new("ip")
-        .args(["netns", "exec", &node.netns, "curl", "-sf", "--max-time", "2"])
+        .args([
+            "netns",
+            "exec",
+            &node.netns,
+            "curl",
+            "-sf",
+            "--max-time",
+            "2",
+        ])
         .arg("http://127.0.0.1:9099/readyz")
         .output()
         .is_ok_and(|output| output.status.success())
@@ -189,11 +200,9 @@ fn crds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_programs_its_node_and_reports() {
-    let Some(mut test) = TestCluster::start_local("agent-loop").await else {
-        return;
-    };
+/// A local cluster with Tortie's CRDs and the pod pool; `None` when the test is skipped.
+async fn cluster_with_crds(test_name: &str) -> Option<TestCluster> {
+    let test = TestCluster::start_local(test_name).await?;
     test.kubectl(&[
         "apply",
         "--server-side",
@@ -207,11 +216,19 @@ async fn agent_programs_its_node_and_reports() {
         "crd/nodenetworkconfigs.tortie.dev",
         "crd/ippools.crd.projectcalico.org",
     ]);
+    test.apply_yaml(POOL);
+    Some(test)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_programs_its_node_and_reports() {
+    let Some(mut test) = cluster_with_crds("agent-loop").await else {
+        return;
+    };
     let one = test.add_node("agent-1", Subnet::A, &[]).await;
     let two = test.add_node("agent-2", Subnet::A, &[]).await;
-    test.apply_yaml(POOL);
-    test.apply_yaml(&node_config(&one, BLOCK_1, (&two, BLOCK_2), false));
-    test.apply_yaml(&node_config(&two, BLOCK_2, (&one, BLOCK_1), false));
+    test.apply_yaml(&node_config(&one, &[BLOCK_1], &[(BLOCK_2, &two)]));
+    test.apply_yaml(&node_config(&two, &[BLOCK_2], &[(BLOCK_1, &one)]));
 
     // The init container's job: plugins installed executable, forwarding on.
     one_shot(&one, "install-cni");
@@ -224,7 +241,14 @@ async fn agent_programs_its_node_and_reports() {
         assert_eq!(mode & 0o777, 0o755, "{}", path.display());
     }
     let forwarding = std::process::Command::new("ip")
-        .args(["netns", "exec", &one.netns, "sysctl", "-n", "net.ipv4.ip_forward"])
+        .args([
+            "netns",
+            "exec",
+            &one.netns,
+            "sysctl",
+            "-n",
+            "net.ipv4.ip_forward",
+        ])
         .output()
         .expect("sysctl runs");
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
@@ -282,14 +306,16 @@ async fn agent_programs_its_node_and_reports() {
         .status()
         .expect("ip runs");
     assert!(deleted.success(), "the route to {BLOCK_2} could be deleted");
-    wait_for(
-        "the deleted route to come back",
-        RESTORE_TIMEOUT,
-        || has_route_via(&one, BLOCK_2, &gateway),
-    );
+    wait_for("the deleted route to come back", RESTORE_TIMEOUT, || {
+        has_route_via(&one, BLOCK_2, &gateway)
+    });
 
     // A changed config is applied and the status follows its generation.
-    test.apply_yaml(&node_config(&one, BLOCK_1, (&two, BLOCK_2), true));
+    test.apply_yaml(&node_config(
+        &one,
+        &[BLOCK_1],
+        &[(BLOCK_2, &two), (EXTRA_BLOCK, &two)],
+    ));
     wait_for("the new route to be programmed", TIMEOUT, || {
         has_route_via(&one, EXTRA_BLOCK, &gateway)
     });
@@ -304,9 +330,14 @@ async fn agent_programs_its_node_and_reports() {
     // hook.
     assert!(ipam_socket(&one).exists(), "the IPAM socket is served");
     let first = agents.0.remove(0);
-    let stopped = first.stop(Duration::from_secs(15)).expect("the agent stops");
+    let stopped = first
+        .stop(Duration::from_secs(15))
+        .expect("the agent stops");
     assert_eq!(stopped, Stopped::Terminated, "{}", first.log_tail(20));
-    assert!(!ipam_socket(&one).exists(), "the socket is removed on SIGTERM");
+    assert!(
+        !ipam_socket(&one).exists(),
+        "the socket is removed on SIGTERM"
+    );
     assert!(conflist_path(&one).exists(), "the conflist stays");
     // The routes stay too: pods keep working while the agent restarts.
     assert!(has_route_via(&one, BLOCK_2, &gateway));
@@ -316,5 +347,135 @@ async fn agent_programs_its_node_and_reports() {
     assert!(!conflist_path(&one).exists(), "the conflist is removed");
     one_shot(&one, "remove-cni-config");
 
+    drop(agents);
+}
+
+/// Two test pods, one on each node.
+const PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: agent-loop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-1, namespace: agent-loop}
+spec:
+  nodeSelector: {kubernetes.io/hostname: pods-1}
+  terminationGracePeriodSeconds: 1
+  containers: [{name: web, image: nginx:1.27, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-2, namespace: agent-loop}
+spec:
+  nodeSelector: {kubernetes.io/hostname: pods-2}
+  terminationGracePeriodSeconds: 1
+  containers: [{name: web, image: nginx:1.27, ports: [{containerPort: 80}]}]
+"#;
+
+/// The confirmed block of each node, from the BlockAffinity objects.
+fn affine_blocks(test: &TestCluster) -> Vec<(String, String)> {
+    let text = test.kubectl(&["get", "blockaffinities", "-o", "json"]);
+    let list: Value = serde_json::from_str(&text).expect("kubectl prints JSON");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["spec"]["state"] == "confirmed")
+        .filter_map(|item| {
+            Some((
+                item["spec"]["node"].as_str()?.to_owned(),
+                item["spec"]["cidr"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The main job end to end: node runtimes read the agent's conflist, pods get addresses
+/// from the agent's IPAM, and once the configs route each node's block to the other, the
+/// pods reach each other across nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_two_nodes_reach_each_other() {
+    if let Err(error) = tortie_e2e::cluster::runtime_binary() {
+        tortie_e2e::support::skip("agent-pods", &error.to_string());
+        return;
+    }
+    let Some(mut test) = cluster_with_crds("agent-pods").await else {
+        return;
+    };
+    let one = test.add_node_with_runtime("pods-1", Subnet::A, &[]).await;
+    let two = test.add_node_with_runtime("pods-2", Subnet::A, &[]).await;
+    for node in [&one, &two] {
+        one_shot(node, "install-cni");
+        // No blocks yet: the agent's IPAM claims them, as it does on a fresh cluster.
+        test.apply_yaml(&node_config(node, &[], &[]));
+    }
+    let agents = Agents(vec![start_agent(&test, &one), start_agent(&test, &two)]);
+    for node in [&one, &two] {
+        wait_for(
+            &format!("NodeNetworkConfig {} to report Ready", node.name),
+            TIMEOUT,
+            || applied(&test, &node.name),
+        );
+    }
+
+    test.apply_yaml(PODS);
+    for pod in ["pod-1", "pod-2"] {
+        test.wait_pod_running("agent-loop", pod, TIMEOUT);
+    }
+    let ip_1 = test.pod_ip("agent-loop", "pod-1");
+    let ip_2 = test.pod_ip("agent-loop", "pod-2");
+
+    // Without routes between the nodes the pods cannot reach each other: the underlay
+    // knows no pod range.
+    assert!(
+        !test.ping(("agent-loop", "pod-1"), &ip_2),
+        "pod-1 reached pod-2 before any route to it was configured"
+    );
+
+    // What the operator would do next: route each node's claimed block to it.
+    let blocks = affine_blocks(&test);
+    let block_of = |node: &NodeRecord| -> String {
+        blocks
+            .iter()
+            .find(|(owner, _)| *owner == node.name)
+            .map(|(_, cidr)| cidr.clone())
+            .unwrap_or_else(|| panic!("node {} claimed no block: {blocks:?}", node.name))
+    };
+    let (block_1, block_2) = (block_of(&one), block_of(&two));
+    for (ip, block) in [(&ip_1, &block_1), (&ip_2, &block_2)] {
+        let block: ipnet::Ipv4Net = block.parse().expect("a block CIDR");
+        let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 pod address");
+        assert!(block.contains(&ip), "{ip} is in its node's block {block}");
+    }
+    test.apply_yaml(&node_config(&one, &[&block_1], &[(&block_2, &two)]));
+    test.apply_yaml(&node_config(&two, &[&block_2], &[(&block_1, &one)]));
+    for node in [&one, &two] {
+        wait_for(
+            &format!("NodeNetworkConfig {} to apply generation 2", node.name),
+            TIMEOUT,
+            || {
+                applied(&test, &node.name)
+                    && config_json(&test, &node.name)["metadata"]["generation"] == 2
+            },
+        );
+    }
+
+    wait_for("pod-1 to ping pod-2", TIMEOUT, || {
+        test.ping(("agent-loop", "pod-1"), &ip_2)
+    });
+    assert!(
+        test.ping(("agent-loop", "pod-2"), &ip_1),
+        "pod-2 pings pod-1"
+    );
+
+    // Pods go while the agents still serve IPAM, so their addresses are released.
+    test.kubectl(&[
+        "delete",
+        "namespace",
+        "agent-loop",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
     drop(agents);
 }

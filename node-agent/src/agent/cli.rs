@@ -213,6 +213,10 @@ mod tests {
     fn log_levels() {
         assert_eq!(log_filter(Some("Warning"), Some("debug")), "warn");
         assert_eq!(log_filter(Some("Info"), None), "info");
+        assert_eq!(
+            log_filter(Some("Debug"), None),
+            "info,tortie_node_agent=debug"
+        );
         assert_eq!(log_filter(Some("Fatal"), None), "error");
         assert_eq!(log_filter(None, Some("tortie=debug")), "tortie=debug");
         assert_eq!(log_filter(Some(" "), None), "info");
