@@ -292,6 +292,15 @@ async fn agent_programs_its_node_and_reports() {
             TIMEOUT,
             || network_unavailable(&test, &node.name) == "False/TortieIsUp",
         );
+        // The patch merged by condition type: the condition written at node creation stays.
+        let ready = test.kubectl(&[
+            "get",
+            "node",
+            &node.name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
+        ]);
+        assert_eq!(ready, "NodeRuntimeNotStarted");
         wait_for(
             &format!("the agent on {} to be ready", node.name),
             TIMEOUT,

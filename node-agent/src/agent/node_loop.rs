@@ -185,7 +185,7 @@ impl NodeLoop {
         })
     }
 
-    /// Whether the node has been programmed at least once.
+    /// The state the health endpoint serves.
     pub fn health(&self) -> &Health {
         &self.health
     }
@@ -221,6 +221,13 @@ fn spawn_loop(
 
 /// Watches this node's config only (a field selector on its name), and turns each new
 /// generation into a plan for the resync task, or into the reason it cannot be applied.
+///
+/// A deleted config leaves the kernel as it was: the operator writes it again, and tearing
+/// down the routes on a passing delete would cut the node's pods off.
+///
+/// Known limitation: the Node's address and the host MTU are read when a generation
+/// arrives, so a config that fails only for want of the Node's InternalIP is tried again
+/// at its next change or at an agent restart, not when the Node gets the address.
 async fn watch_config(
     client: kube::Client,
     node_name: String,
