@@ -127,7 +127,8 @@ pub fn forwarding_sysctls(ipv6: bool) -> Vec<Sysctl> {
 }
 
 /// The log filter: `TORTIE_LOG_LEVEL` (Felix's level names are accepted too) wins over
-/// `RUST_LOG`; `info` when neither is set.
+/// `RUST_LOG`; `info` when neither is set. Levels below `info` apply to Tortie's own code
+/// only: the HTTP and TLS libraries would otherwise bury it.
 pub fn log_filter(tortie_level: Option<&str>, rust_log: Option<&str>) -> String {
     if let Some(level) = tortie_level
         .map(str::trim)
@@ -136,6 +137,7 @@ pub fn log_filter(tortie_level: Option<&str>, rust_log: Option<&str>) -> String 
         return match level.to_ascii_lowercase().as_str() {
             "warning" => "warn".to_owned(),
             "fatal" | "panic" => "error".to_owned(),
+            verbose @ ("debug" | "trace") => format!("info,tortie_node_agent={verbose}"),
             other => other.to_owned(),
         };
     }
