@@ -1,5 +1,12 @@
-//! The per-node agent: today it serves IPAM to the plugins on its node; the data path and
-//! the node config it applies plug in beside the IPAM server.
+//! The per-node agent: it serves IPAM to the plugins on its node and, beside that, runs the
+//! node loop ([`node_loop`]) that applies the node's config to the kernel.
+
+pub mod cli;
+pub mod cni_config;
+pub mod health;
+pub mod node_config;
+pub mod node_loop;
+pub mod node_status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +34,10 @@ pub struct Args {
     /// the socket 0600.
     #[arg(long, env = "TORTIE_IPAM_SOCKET", default_value = DEFAULT_SOCKET)]
     pub ipam_socket: PathBuf,
+
+    /// Settings of the node loop.
+    #[command(flatten)]
+    pub node_loop: node_loop::LoopArgs,
 }
 
 /// Why the agent stopped with an error.
@@ -48,6 +59,9 @@ pub enum AgentError {
         /// The system's error.
         source: std::io::Error,
     },
+    /// The node loop could not start.
+    #[error(transparent)]
+    NodeLoop(#[from] node_loop::StartError),
     /// The node name is empty.
     #[error("--node-name (NODE_NAME) is empty; set it to this node's name")]
     NoNodeName,
@@ -61,9 +75,15 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let client = kube::Client::try_default()
         .await
         .map_err(AgentError::Client)?;
-    let allocator = Arc::new(Allocator::new(Store::new(client), args.node_name.clone()));
+    let allocator = Arc::new(Allocator::new(
+        Store::new(client.clone()),
+        args.node_name.clone(),
+    ));
 
     let shutdown = shutdown_signal()?;
+    let node_loop =
+        node_loop::NodeLoop::start(client, &args.node_name, &args.ipam_socket, &args.node_loop)
+            .await?;
     let listener = server::bind(&args.ipam_socket)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -72,6 +92,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         "tortie-agent serving IPAM"
     );
     let served = server::serve(listener, allocator, shutdown, SHUTDOWN_GRACE).await;
+    node_loop.stop().await;
     server::remove_socket(&args.ipam_socket);
     tracing::info!("tortie-agent stopped");
     served.map_err(AgentError::from)
@@ -96,9 +117,14 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
     })
 }
 
-/// Logs to stderr; `RUST_LOG` picks the level (`info` when unset).
+/// Logs to stderr; `TORTIE_LOG_LEVEL`, else `RUST_LOG`, picks the level (`info` when
+/// neither is set).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = cli::log_filter(
+        std::env::var("TORTIE_LOG_LEVEL").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
