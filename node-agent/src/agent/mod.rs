@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cni_config;
 pub mod health;
+pub mod node_address;
 pub mod node_config;
 pub mod node_loop;
 pub mod node_status;

@@ -149,6 +149,8 @@ impl NodeLoop {
             outcomes: outcome_tx,
         }
         .run(desired_rx, stop_rx.clone());
+        let address =
+            super::node_address::run(client.clone(), node_name.to_owned(), stop_rx.clone());
         let writer = node_status::run_writer(
             client,
             node_name.to_owned(),
@@ -161,6 +163,7 @@ impl NodeLoop {
             spawn_loop("config watcher", health.clone(), watcher),
             spawn_loop("resync", health.clone(), resync),
             spawn_loop("status writer", health.clone(), writer),
+            spawn_loop("address publisher", health.clone(), address),
         ];
         let health_server = tokio::spawn({
             let health = health.clone();
@@ -331,7 +334,7 @@ async fn node_facts(
 }
 
 /// The Node's first IPv4 InternalIP.
-fn internal_ipv4(node: &Node) -> Option<Ipv4Addr> {
+pub(crate) fn internal_ipv4(node: &Node) -> Option<Ipv4Addr> {
     node.status
         .as_ref()?
         .addresses

@@ -625,6 +625,7 @@ fn can_i_table(cluster: &TestCluster) -> Vec<CanI> {
         ("agent", "patch", "ippools.crd.projectcalico.org --subresource=status", ALL, false),
         ("agent", "delete", "nodes", ALL, false),
         ("agent", "update", "nodes", ALL, false),
+        ("agent", "patch", "nodes", ALL, true),
         ("operator", "patch", "ippools.crd.projectcalico.org --subresource=status", ALL, true),
         ("operator", "create", "nodenetworkconfigs.tortie.dev", ALL, true),
         ("operator", "list", "pods", ALL, true),
