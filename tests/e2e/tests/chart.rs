@@ -604,7 +604,7 @@ fn can_i_table(cluster: &TestCluster) -> Vec<CanI> {
     // (account, verb, resource, scope, expected). `kind/name` asks about one object;
     // a subresource needs the flag (`kind/status` would ask about an object named status).
     #[rustfmt::skip]
-    let questions: [(&str, &str, &str, &str, bool); 38] = [
+    let questions = [
         ("agent", "get", "nodenetworkconfigs.tortie.dev --subresource=status", ALL, true),
         ("agent", "patch", "nodenetworkconfigs.tortie.dev --subresource=status", ALL, true),
         ("agent", "watch", "nodenetworkconfigs.tortie.dev", ALL, true),
