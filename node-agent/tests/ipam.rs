@@ -505,6 +505,11 @@ impl Agent {
             .env_clear()
             .env("KUBECONFIG", kubeconfig)
             .env("NODE_NAME", node)
+            // These agents run in the test's own namespace, several at once, and no
+            // NodeNetworkConfig names their nodes, so their data path stays idle; their
+            // health endpoints take free loopback ports, never a port on the machine's
+            // interfaces.
+            .env("TORTIE_HEALTH_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info,tortie_node_agent=debug")
             .arg("--ipam-socket")
             .arg(&socket)
