@@ -16,21 +16,24 @@
 //!   container runtime does (ADD, chained `prevResult`, DEL in reverse order);
 //! - restarts containers with backoff, runs readiness and liveness probes (httpGet,
 //!   tcpSocket, exec) and writes the pod's status;
-//! - on a pod's deletion, stops its processes, runs CNI DEL, removes its namespace and
-//!   deletes the Pod object; on its own SIGTERM, does the same for every pod (without
-//!   deleting the objects) and exits.
+//! - on a pod's deletion, runs each running container's preStop hook (exec or sleep) with
+//!   the pod's grace period as its deadline, then stops its processes, runs CNI DEL,
+//!   removes its namespace and deletes the Pod object; on its own SIGTERM, stops every pod
+//!   the same way but without hooks and without deleting the objects, and exits.
 //!
 //! What it is not: there are no images (a container's image only picks which binary runs),
 //! no cgroups or resource limits, no user, PID or IPC namespaces, no security contexts, no
 //! `kubectl logs`, `exec`, `attach` or `port-forward` (container output goes to plain files
 //! at `<node dir>/var/log/pods/<namespace>_<pod>_<uid>/<container>.log`), no startup or
-//! gRPC probes, no static pods, no Services (nothing plays kube-proxy), no volume types
+//! gRPC probes, no postStart hooks and no httpGet or tcpSocket preStop hooks (logged and
+//! skipped), no static pods, no Services (nothing plays kube-proxy), no volume types
 //! besides hostPath, emptyDir, configMap, secret and projected, and no recovery of running
 //! pods across its own restart (it tears down what a previous run left and starts the pods
 //! again).
 
 pub mod cni;
 pub mod container;
+pub mod hook;
 pub mod node;
 pub mod pod;
 pub mod probe;

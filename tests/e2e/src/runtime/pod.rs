@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::container::{self, ContainerEvent, Control, Launch, RestartRule};
+use super::hook::{self, HookTarget};
 use super::probe::{self, ProbeTarget, ProbeTracker};
 use super::sandbox::{Sandbox, write_atomically};
 use super::volume::PodVolumes;
@@ -579,10 +580,42 @@ impl PodWorker {
             Exit::Shutdown => self.grace().min(SHUTDOWN_GRACE),
         };
         info!(pod = %self.name(), ?exit, ?grace, "stopping pod");
-        for slot in &mut self.slots {
-            if let Some(control) = slot.control.take() {
-                let _ = control.send(Control::Stop(grace));
-            }
+        // As the kubelet does, each running container's preStop hook runs first, with the
+        // grace period as its deadline; the container's SIGTERM waits for it. The runtime's
+        // own shutdown is a node going away, not a pod being deleted: no hooks then.
+        let run_hooks = exit != Exit::Shutdown;
+        let stops = self.slots.iter_mut().filter_map(|slot| {
+            let control = slot.control.take()?;
+            let target = slot
+                .pid
+                .filter(|_| run_hooks && hook::pre_stop(&slot.container).is_some())
+                .map(|pid| HookTarget {
+                    ctx: self.ctx.clone(),
+                    pod: self.pod.clone(),
+                    container: slot.container.clone(),
+                    pid,
+                    pod_ip: self.pod_ip.unwrap_or(self.ctx.address),
+                });
+            Some(async move {
+                let Some(target) = target else {
+                    let _ = control.send(Control::Stop(grace));
+                    return None;
+                };
+                let started = Instant::now();
+                let result = hook::run_pre_stop(&target, grace).await;
+                let rest = hook::remaining_grace(grace, started.elapsed());
+                let _ = control.send(Control::Stop(rest));
+                result.err()
+            })
+        });
+        let failures: Vec<String> = futures::future::join_all(stops)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        for message in failures {
+            self.record_event("Warning", "FailedPreStopHook", &message)
+                .await;
         }
         for slot in &mut self.slots {
             if let Some(task) = slot.task.take() {
