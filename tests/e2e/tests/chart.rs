@@ -27,7 +27,7 @@ const NAMESPACE: &str = "tortie-system";
 
 /// Environment variables the operator reads, all of which the chart sets with default
 /// values (TORTIE_DEFAULT_POOL_CIDR only when ipPool.cidr is set).
-const OPERATOR_ENV: [&str; 11] = [
+const OPERATOR_ENV: [&str; 10] = [
     "POD_NAME",
     "POD_NAMESPACE",
     "TORTIE_METRICS_ADDR",
@@ -36,7 +36,6 @@ const OPERATOR_ENV: [&str; 11] = [
     "TORTIE_DEFAULT_BLOCK_SIZE",
     "TORTIE_DEFAULT_POOL_NAT_OUTGOING",
     "TORTIE_DEFAULT_POOL_NODE_SELECTOR",
-    "TORTIE_UPLINK_MTU",
     "TORTIE_LOG_LEVEL",
     "TORTIE_LOG_FORMAT",
 ];
@@ -119,6 +118,11 @@ fn chart_lints_renders_and_refuses_bad_values() {
         "an empty ipPool.cidr leaves the range to the operator's detection"
     );
     assert_eq!(env_value(&operator, "KUBERNETES_SERVICE_HOST"), None);
+    assert_eq!(
+        env_value(&operator, "TORTIE_UPLINK_MTU"),
+        None,
+        "mtu 0 leaves the uplink MTU to the operator's default"
+    );
     assert!(
         !objects
             .iter()
