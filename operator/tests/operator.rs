@@ -657,7 +657,7 @@ async fn ipam_garbage_of_gone_pods_and_nodes_is_collected() {
     assert_eq!(owners, [("10.245.0.2".to_owned(), "live".to_owned())]);
     assert_eq!(
         names("blockaffinities"),
-        ["node-2-10-245-0-26"],
+        ["node-2-10-245-0-0-26"],
         "the affinity stays with its non-empty block"
     );
     wait_for("USED 1/65536", REACT, || {
