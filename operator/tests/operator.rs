@@ -194,7 +194,9 @@ async fn classic_pool_status_node_configs_and_overlap() {
     let a1 = cluster.add_node("node-a1", Subnet::A, &[]).await;
     let _a2 = cluster.add_node("node-a2", Subnet::A, &[]).await;
     let b1 = cluster.add_node("node-b1", Subnet::B, &[]).await;
-    let operator = Operator::start(&cluster, "op-1", &[]);
+    // The block below names a pod that does not exist; garbage collection must not take
+    // its address while this test counts it.
+    let operator = Operator::start(&cluster, "op-1", &["--ipam-gc-grace", "3600"]);
 
     wait_for("pool classic READY True and USED 0/65536", REACT, || {
         let table = cluster.kubectl(&["get", "ippools"]);
