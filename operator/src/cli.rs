@@ -77,6 +77,18 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1280..=65535))]
     pub uplink_mtu: u32,
 
+    /// Seconds between IPAM garbage collection passes. A pass also runs soon after a Node
+    /// is deleted and when something suspected of leaking has been so for the grace.
+    #[arg(long, env = "TORTIE_IPAM_GC_INTERVAL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub ipam_gc_interval: u64,
+
+    /// Seconds an allocation, handle, block or affinity must look leaked, pass after pass,
+    /// before garbage collection releases it.
+    #[arg(long, env = "TORTIE_IPAM_GC_GRACE", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub ipam_gc_grace: u64,
+
     /// Log filter, such as `info` or `tortie_operator=debug,kube=info`.
     #[arg(long, env = "TORTIE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -105,6 +117,7 @@ mod tests {
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9090");
         assert_eq!(args.default_pool_encapsulation, PoolEncapsulation::Ipip);
         assert_eq!(args.uplink_mtu, 1500);
+        assert_eq!((args.ipam_gc_interval, args.ipam_gc_grace), (30, 60));
 
         let args = Args::try_parse_from([
             "tortie-operator",

@@ -37,6 +37,9 @@ pub struct Metrics {
     pool_capacity: Family<PoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pool_blocks: Family<PoolLabels, Gauge>,
     leader: Gauge,
+    gc_released_addresses: Counter,
+    gc_deleted_handles: Counter,
+    gc_released_blocks: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -63,6 +66,9 @@ impl Metrics {
         let pool_capacity = Family::default();
         let pool_blocks = Family::<PoolLabels, Gauge>::default();
         let leader = Gauge::default();
+        let gc_released_addresses = Counter::default();
+        let gc_deleted_handles = Counter::default();
+        let gc_released_blocks = Counter::default();
 
         registry.register(
             "reconciles",
@@ -104,6 +110,21 @@ impl Metrics {
             "1 while this replica holds the lease",
             leader.clone(),
         );
+        registry.register(
+            "ipam_gc_released_addresses",
+            "Addresses released because their pod or node was gone",
+            gc_released_addresses.clone(),
+        );
+        registry.register(
+            "ipam_gc_deleted_handles",
+            "IPAM handles deleted because they held no address",
+            gc_deleted_handles.clone(),
+        );
+        registry.register(
+            "ipam_gc_released_blocks",
+            "Empty blocks of nodes that were gone, released with their affinities",
+            gc_released_blocks.clone(),
+        );
 
         Self {
             registry,
@@ -115,6 +136,9 @@ impl Metrics {
             pool_capacity,
             pool_blocks,
             leader,
+            gc_released_addresses,
+            gc_deleted_handles,
+            gc_released_blocks,
         }
     }
 
@@ -162,6 +186,21 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// Counts addresses released by garbage collection.
+    pub fn gc_released_addresses(&self, count: u64) {
+        self.gc_released_addresses.inc_by(count);
+    }
+
+    /// Counts a handle deleted by garbage collection.
+    pub fn gc_deleted_handle(&self) {
+        self.gc_deleted_handles.inc();
+    }
+
+    /// Counts a block released by garbage collection.
+    pub fn gc_released_block(&self) {
+        self.gc_released_blocks.inc();
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -202,6 +241,18 @@ mod tests {
             ),
             "{text}"
         );
+
+        metrics.gc_released_addresses(2);
+        metrics.gc_deleted_handle();
+        metrics.gc_released_block();
+        let text = metrics.encode();
+        for line in [
+            "tortie_operator_ipam_gc_released_addresses_total 2",
+            "tortie_operator_ipam_gc_deleted_handles_total 1",
+            "tortie_operator_ipam_gc_released_blocks_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
 
         metrics.remove_pool("default-ipv4-ippool");
         assert!(!metrics.encode().contains("default-ipv4-ippool"));

@@ -16,11 +16,12 @@ use crate::cli::Args;
 use crate::default_pool::{DefaultPoolSettings, ensure_default_pool};
 use crate::error::{Error, Result};
 use crate::health::{FirstPass, Health};
+use crate::ipam_gc::{GcContext, GcSettings};
 use crate::metrics::Metrics;
 use crate::node_config::{NodeConfigContext, NodeConfigSettings};
 use crate::pool::PoolContext;
 use crate::world::{Kind, World};
-use crate::{cluster_objects, health, node_config, pool};
+use crate::{cluster_objects, health, ipam_gc, node_config, pool};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "tortie-operator";
@@ -224,6 +225,10 @@ async fn lead_when_elected(
         node_settings: NodeConfigSettings {
             uplink_mtu: args.uplink_mtu,
         },
+        gc_settings: GcSettings {
+            interval: Duration::from_secs(args.ipam_gc_interval),
+            grace: Duration::from_secs(args.ipam_gc_grace),
+        },
     };
     leader.spawn(&mut writers, health, stop_rx);
 
@@ -260,6 +265,7 @@ struct Leader {
     recorder: Recorder,
     default_pool: DefaultPoolSettings,
     node_settings: NodeConfigSettings,
+    gc_settings: GcSettings,
 }
 
 impl Leader {
@@ -286,7 +292,21 @@ impl Leader {
             first_pass: nodes.clone(),
         });
 
+        let gc_ctx = Arc::new(GcContext {
+            client: self.client.clone(),
+            world: self.world.clone(),
+            metrics: self.metrics.clone(),
+            settings: self.gc_settings,
+        });
+
         let stop_singletons = stop.clone();
+        let world = self.world.clone();
+        let stop_gc = stop.clone();
+        writers.spawn(async move {
+            world.wait_synced().await;
+            ipam_gc::run(gc_ctx, signalled(stop_gc)).await;
+        });
+
         let world = self.world.clone();
         let stop_pools = stop.clone();
         writers.spawn(async move {

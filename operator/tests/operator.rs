@@ -1,5 +1,5 @@
 //! The operator binary against a real control plane: pool status, node configs, the
-//! default pool, overlap reporting and leader election.
+//! default pool, overlap reporting, leader election and IPAM garbage collection.
 //!
 //! Needs root and the control-plane binaries; skipped otherwise unless
 //! TORTIE_E2E_REQUIRE=1.
@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
-use tortie_crds::ipam::{AllocationAttribute, IPAMBlock};
+use tortie_crds::ipam::{AffinityState, AllocationAttribute, BlockAffinity, IPAMBlock, IPAMHandle};
 use tortie_e2e::support::{TestCluster, wait_for};
 use tortie_e2e::{NodeRecord, Subnet};
 
@@ -194,7 +194,9 @@ async fn classic_pool_status_node_configs_and_overlap() {
     let a1 = cluster.add_node("node-a1", Subnet::A, &[]).await;
     let _a2 = cluster.add_node("node-a2", Subnet::A, &[]).await;
     let b1 = cluster.add_node("node-b1", Subnet::B, &[]).await;
-    let operator = Operator::start(&cluster, "op-1", &[]);
+    // The block below names a pod that does not exist; garbage collection must not take
+    // its address while this test counts it.
+    let operator = Operator::start(&cluster, "op-1", &["--ipam-gc-grace", "3600"]);
 
     wait_for("pool classic READY True and USED 0/65536", REACT, || {
         let table = cluster.kubectl(&["get", "ippools"]);
@@ -544,4 +546,172 @@ async fn one_leader_and_handover_within_the_lease() {
         "exited with {status} after losing the lease"
     );
     assert!(survivor.log_text().contains("Lost the lease"));
+}
+
+/// The value of a metric line `name value` on the operator's `/metrics`.
+fn metric(operator: &Operator, name: &str) -> Option<f64> {
+    let (_, body) = operator.get("/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_garbage_of_gone_pods_and_nodes_is_collected() {
+    let Some(cluster) = cluster("operator-ipam-gc").await else {
+        return;
+    };
+    let client = cluster.client().await;
+    for node in ["node-1", "node-2"] {
+        cluster.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n"
+        ));
+    }
+    cluster.apply_yaml(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata:\n  name: gc\n\
+         spec:\n  cidr: 10.245.0.0/16\n",
+    );
+    // A pod that exists; unschedulable, so it stays unbound and is deleted at once.
+    let live_pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: live\n  namespace: default\n\
+                    spec:\n  automountServiceAccountToken: false\n  nodeSelector:\n    \
+                    tortie.dev/nowhere: \"true\"\n  containers:\n  - name: pause\n    \
+                    image: registry.k8s.io/pause:3.10\n";
+    wait_for("pod default/live created", REACT, || {
+        cluster
+            .kubectl_with_input(&["apply", "-f", "-"], live_pod)
+            .status
+            .success()
+    });
+
+    // IPAM state as node-2's agent writes it: two pods that do not exist and one that
+    // does, each with its handle, and a handle that holds nothing.
+    let cidr = "10.245.0.0/26".parse().expect("test CIDR");
+    let mut block = IPAMBlock::new_empty(cidr, Some("node-2"), 1).expect("block is valid");
+    let pods = [("aaa", "gone-a"), ("bbb", "gone-b"), ("ccc", "live")];
+    let handles = Api::<IPAMHandle>::all(client.clone());
+    for (container, pod) in pods {
+        let handle_id = format!("k8s-pod-network.{container}");
+        let owner = AllocationAttribute::for_pod(
+            &handle_id,
+            "node-2",
+            "default",
+            pod,
+            "2026-01-01 00:00:00 +0000 UTC",
+        );
+        block.allocate(1, &owner).expect("block has room");
+        let mut handle = IPAMHandle::new_empty(&handle_id);
+        handle.spec.add(&cidr, 1);
+        handles
+            .create(&PostParams::default(), &handle)
+            .await
+            .expect("handle is created");
+    }
+    let mut orphan = IPAMHandle::new_empty("k8s-pod-network.ddd");
+    orphan.spec.add(&cidr, 1);
+    handles
+        .create(&PostParams::default(), &orphan)
+        .await
+        .expect("handle is created");
+    let blocks = Api::<IPAMBlock>::all(client.clone());
+    blocks
+        .create(&PostParams::default(), &block)
+        .await
+        .expect("block is created");
+    Api::<BlockAffinity>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &BlockAffinity::for_node("node-2", cidr, AffinityState::Confirmed),
+        )
+        .await
+        .expect("affinity is created");
+
+    let operator = Operator::start(
+        &cluster,
+        "op-gc",
+        &["--ipam-gc-grace", "2", "--ipam-gc-interval", "3"],
+    );
+    cluster.kubectl(&["delete", "node", "node-2"]);
+
+    let names = |kind: &str| {
+        cluster
+            .kubectl(&["get", kind, "-o", "jsonpath={.items[*].metadata.name}"])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "the gone pods' addresses and handles released",
+        REACT,
+        || names("ipamhandles") == ["k8s-pod-network.ccc"],
+    );
+    let held = blocks
+        .get("10-245-0-0-26")
+        .await
+        .expect("the block with a live pod's address stays");
+    let owners: Vec<(String, String)> = held
+        .allocations()
+        .map(|(address, owner)| {
+            (
+                address.to_string(),
+                owner.secondary.get("pod").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(owners, [("10.245.0.2".to_owned(), "live".to_owned())]);
+    assert_eq!(
+        names("blockaffinities"),
+        ["node-2-10-245-0-0-26"],
+        "the affinity stays with its non-empty block"
+    );
+    wait_for("USED 1/65536", REACT, || {
+        column(&cluster.kubectl(&["get", "ippools"]), "gc", "USED").as_deref() == Some("1/65536")
+    });
+    let log = operator.log_text();
+    for pod in ["gone-a", "gone-b"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Released addresses of a pod that is gone")
+                    && l.contains(&format!("pod={pod}"))),
+            "no release logged for {pod}:\n{log}"
+        );
+    }
+    wait_for("release metrics", REACT, || {
+        metric(
+            &operator,
+            "tortie_operator_ipam_gc_released_addresses_total",
+        ) == Some(2.0)
+            && metric(&operator, "tortie_operator_ipam_gc_deleted_handles_total") == Some(3.0)
+    });
+    assert_eq!(
+        metric(&operator, "tortie_operator_ipam_gc_released_blocks_total"),
+        Some(0.0)
+    );
+
+    // The live pod goes: its address, then the empty block of the gone node and its
+    // affinity are released, and the pool is empty again.
+    cluster.kubectl(&["delete", "pod", "-n", "default", "live", "--wait=true"]);
+    wait_for("the gone node's block and affinity released", REACT, || {
+        names("ipamblocks").is_empty() && names("blockaffinities").is_empty()
+    });
+    assert!(
+        names("ipamhandles").is_empty(),
+        "{:?}",
+        names("ipamhandles")
+    );
+    wait_for("USED 0/65536", REACT, || {
+        column(&cluster.kubectl(&["get", "ippools"]), "gc", "USED").as_deref() == Some("0/65536")
+    });
+    wait_for("block metric", REACT, || {
+        metric(&operator, "tortie_operator_ipam_gc_released_blocks_total") == Some(1.0)
+            && metric(
+                &operator,
+                "tortie_operator_ipam_gc_released_addresses_total",
+            ) == Some(3.0)
+    });
+    assert!(
+        operator
+            .log_text()
+            .contains("Released the empty block of a node that is gone"),
+        "{}",
+        operator.log_text()
+    );
 }

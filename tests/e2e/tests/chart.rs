@@ -26,8 +26,9 @@ use tortie_e2e::{cluster, wait_for};
 const NAMESPACE: &str = "tortie-system";
 
 /// Environment variables the operator reads, all of which the chart sets with default
-/// values (TORTIE_DEFAULT_POOL_CIDR only when ipPool.cidr is set).
-const OPERATOR_ENV: [&str; 10] = [
+/// values (TORTIE_DEFAULT_POOL_CIDR only when ipPool.cidr is set, TORTIE_UPLINK_MTU only
+/// when mtu is).
+const OPERATOR_ENV: [&str; 12] = [
     "POD_NAME",
     "POD_NAMESPACE",
     "TORTIE_METRICS_ADDR",
@@ -36,6 +37,8 @@ const OPERATOR_ENV: [&str; 10] = [
     "TORTIE_DEFAULT_BLOCK_SIZE",
     "TORTIE_DEFAULT_POOL_NAT_OUTGOING",
     "TORTIE_DEFAULT_POOL_NODE_SELECTOR",
+    "TORTIE_IPAM_GC_INTERVAL",
+    "TORTIE_IPAM_GC_GRACE",
     "TORTIE_LOG_LEVEL",
     "TORTIE_LOG_FORMAT",
 ];
@@ -151,6 +154,8 @@ fn chart_lints_renders_and_refuses_bad_values() {
         ("TORTIE_UPLINK_MTU", "9000"),
         ("TORTIE_METRICS_ADDR", "0.0.0.0:9191"),
         ("TORTIE_LEASE_NAME", "tortie-operator-b"),
+        ("TORTIE_IPAM_GC_INTERVAL", "10"),
+        ("TORTIE_IPAM_GC_GRACE", "120"),
         ("TORTIE_LOG_LEVEL", "debug"),
         ("TORTIE_LOG_FORMAT", "json"),
         ("KUBERNETES_SERVICE_HOST", "198.18.0.2"),
@@ -633,6 +638,7 @@ fn can_i_table(cluster: &TestCluster) -> Vec<CanI> {
         ("operator", "patch", "ippools.crd.projectcalico.org --subresource=status", ALL, true),
         ("operator", "create", "nodenetworkconfigs.tortie.dev", ALL, true),
         ("operator", "list", "pods", ALL, true),
+        ("operator", "get", "pods", ALL, true),
         ("operator", "list", "networkpolicies.networking.k8s.io", ALL, true),
         ("operator", "delete", "ipamblocks.crd.projectcalico.org", ALL, true),
         ("operator", "create", "events.events.k8s.io", OWN, true),
