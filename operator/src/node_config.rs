@@ -774,6 +774,30 @@ mod tests {
         assert_eq!(route.tunnel_address.as_deref(), Some("10.244.0.129"));
         assert_eq!(route.via, "198.18.2.10");
         assert!(spec.validate().is_ok());
+        assert!(spec.tunnel.vxlan.is_none(), "a1 has published no address");
+
+        // a1's own device follows its annotations, with Felix's defaults.
+        let mut a1 = (*snapshot.nodes["a1"]).clone();
+        a1.vxlan_tunnel_address = Some("10.244.0.1".parse().expect("test IP parses"));
+        a1.vxlan_tunnel_mac = Some("66:00:00:00:00:02".into());
+        snapshot.nodes.insert("a1".into(), Arc::new(a1));
+        let spec = desired_config(&snapshot.nodes["a1"], &snapshot, &settings());
+        assert_eq!(
+            spec.tunnel.vxlan,
+            Some(VxlanTunnel {
+                vni: 4096,
+                port: 4789,
+                mac: "66:00:00:00:00:02".into(),
+                address: "10.244.0.1".into(),
+            })
+        );
+        let spec = desired_config(&snapshot.nodes["b1"], &snapshot, &settings());
+        assert_eq!(
+            spec.routes.len(),
+            1,
+            "b1 reaches a1, the other node with an address"
+        );
+        assert_eq!(spec.routes[0].tunnel_address.as_deref(), Some("10.244.0.1"));
     }
 
     #[test]

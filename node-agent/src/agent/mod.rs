@@ -8,6 +8,7 @@ pub mod node_address;
 pub mod node_config;
 pub mod node_loop;
 pub mod node_status;
+pub mod tunnel_address;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,9 +83,15 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     ));
 
     let shutdown = shutdown_signal()?;
-    let node_loop =
-        node_loop::NodeLoop::start(client, &args.node_name, &args.ipam_socket, &args.node_loop)
-            .await?;
+    let node_loop = node_loop::NodeLoop::start(
+        client.clone(),
+        &args.node_name,
+        &args.ipam_socket,
+        &args.node_loop,
+    )
+    .await?;
+    let (stop_tunnel, stopped) = tokio::sync::watch::channel(false);
+    let tunnel = tokio::spawn(tunnel_address::run(client, allocator.clone(), stopped));
     let listener = server::bind(&args.ipam_socket)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -93,6 +100,11 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         "tortie-agent serving IPAM"
     );
     let served = server::serve(listener, allocator, shutdown, SHUTDOWN_GRACE).await;
+    let _ = stop_tunnel.send(true);
+    let abort = tunnel.abort_handle();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tunnel).await.is_err() {
+        abort.abort();
+    }
     node_loop.stop().await;
     server::remove_socket(&args.ipam_socket);
     tracing::info!("tortie-agent stopped");

@@ -28,16 +28,22 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::sync::Mutex;
 use tortie_crds::ipam::names::{block_name, handle_name};
 use tortie_crds::ipam::{
-    ATTRIBUTE_NODE, ATTRIBUTE_TIMESTAMP, AffinityState, AllocationAttribute, BlockAffinity,
-    BlockError, IPAMBlock, IPAMConfigSpec, IPAMHandle, Release, block_cidr, block_count,
+    ATTRIBUTE_NODE, ATTRIBUTE_TIMESTAMP, ATTRIBUTE_TYPE, AffinityState, AllocationAttribute,
+    BlockAffinity, BlockError, IPAMBlock, IPAMConfigSpec, IPAMHandle, Release, block_cidr,
+    block_count,
 };
 
-use super::pools::{ChosenPools, Family, PodContext, PoolChoice, PoolError, choose_pools};
+use super::pools::{
+    ChosenPools, Family, PodContext, PoolChoice, PoolError, PoolSource, choose_pools,
+};
 use super::protocol::{
     AllocateRequest, AllocateResponse, AllocatedAddress, CODE_EXHAUSTED, CODE_INVALID,
     CODE_IPAM_STATE, CODE_TRY_AGAIN, StatusResponse,
 };
 use super::store::{Store, StoreError};
+
+/// [`ATTRIBUTE_TYPE`] of a VXLAN device's address, as Calico records it.
+const TYPE_VXLAN_TUNNEL: &str = "vxlanTunnelAddress";
 
 /// How often one object's compare-and-swap is retried before giving up for now.
 const MAX_CAS_ATTEMPTS: u32 = 12;
@@ -230,6 +236,49 @@ impl Allocator {
         }
         tracing::info!(handle = %request.handle_id, addresses = ?addresses.iter().map(|a| a.address).collect::<Vec<_>>(), "allocated");
         Ok(AllocateResponse { addresses })
+    }
+
+    /// An IPv4 address for `node`'s VXLAN device from `pools` (see
+    /// [`super::pools::vxlan_tunnel_pools`]), held by `handle_id`. A handle that already
+    /// holds an IPv4 address keeps it, so asking again returns the same address.
+    pub async fn allocate_vxlan_tunnel(
+        &self,
+        handle_id: &str,
+        pools: Vec<PoolChoice>,
+    ) -> Result<IpAddr, IpamError> {
+        let config = self.store.ipam_config().await?.spec;
+        let _writes = self.writes.lock().await;
+        if let Some((address, _)) = self
+            .held(handle_id)
+            .await?
+            .into_iter()
+            .find(|(address, _)| address.is_ipv4())
+        {
+            return Ok(address);
+        }
+        let chosen = ChosenPools {
+            pools,
+            source: PoolSource::VxlanTunnel {
+                node: self.node.clone(),
+            },
+        };
+        let owner = AllocationAttribute::new(
+            handle_id.to_owned(),
+            [
+                (ATTRIBUTE_NODE.to_owned(), self.node.clone()),
+                (ATTRIBUTE_TYPE.to_owned(), TYPE_VXLAN_TUNNEL.to_owned()),
+                (
+                    ATTRIBUTE_TIMESTAMP.to_owned(),
+                    go_timestamp(Timestamp::now()),
+                ),
+            ]
+            .into(),
+        );
+        let (address, block, _) = self
+            .allocate_one(Family::V4, &chosen, &config, handle_id, &owner)
+            .await?;
+        tracing::info!(handle = %handle_id, %address, %block, "allocated the VXLAN tunnel address");
+        Ok(address)
     }
 
     /// Releases every address `handle_id` holds and deletes the handle. A handle that

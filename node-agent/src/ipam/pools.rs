@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
-use tortie_crds::ippool::{AllowedUse, AssignmentMode, IPPool};
+use tortie_crds::ippool::{AllowedUse, AssignmentMode, EncapsulationMode, IPPool};
 use tortie_crds::selector::{Scoped, Selector};
 
 /// Annotation (on a pod or a namespace) naming the IPv4 pools to use, as a JSON list.
@@ -51,6 +51,11 @@ pub enum PoolSource {
     /// No one named pools: every enabled pool whose node selector matches the node.
     Automatic {
         /// The node the selectors were matched against.
+        node: String,
+    },
+    /// The node's VXLAN device: the pools [`vxlan_tunnel_pools`] picks for the node.
+    VxlanTunnel {
+        /// The node whose device it is.
         node: String,
     },
 }
@@ -236,6 +241,11 @@ impl fmt::Display for PoolSource {
             }
             Self::CniConfig => f.write_str("the CNI configuration (ipam.ipv4_pools/ipv6_pools)"),
             Self::Automatic { node } => write!(f, "the nodeSelector matching node {node}"),
+            Self::VxlanTunnel { node } => write!(
+                f,
+                "the IPv4 pools with vxlanMode Always or CrossSubnet, Tunnel in allowedUses \
+                 and a nodeSelector matching node {node}"
+            ),
         }
     }
 }
@@ -478,6 +488,36 @@ pub fn automatic_pools(
     chosen
 }
 
+/// The pools a node's VXLAN device may take its address from: enabled IPv4 pools with
+/// `vxlanMode` Always or CrossSubnet, `Tunnel` among their uses and a node selector that
+/// matches the node. Sorted by name, so the choice does not depend on listing order.
+pub fn vxlan_tunnel_pools(
+    pools: &[IPPool],
+    node_labels: &BTreeMap<String, String>,
+) -> Vec<PoolChoice> {
+    let node = Scoped {
+        labels: node_labels,
+        global: true,
+    };
+    let mut chosen: Vec<PoolChoice> = pools
+        .iter()
+        .filter(|pool| !pool.spec.disabled)
+        .filter(|pool| pool.spec.vxlan_mode != EncapsulationMode::Never)
+        .filter(|pool| {
+            pool.spec
+                .effective_allowed_uses()
+                .contains(&AllowedUse::Tunnel)
+        })
+        .filter(|pool| {
+            Selector::parse(&pool.spec.node_selector).is_ok_and(|selector| selector.matches(&node))
+        })
+        .filter_map(usable)
+        .filter(|choice| Family::of(&choice.cidr) == Family::V4)
+        .collect();
+    chosen.sort_by(|a, b| a.name.cmp(&b.name));
+    chosen
+}
+
 /// The pool's name, CIDR and block size, when its CIDR parses and its block size fits.
 fn usable(pool: &IPPool) -> Option<PoolChoice> {
     let cidr: IpNet = pool.spec.cidr.parse().ok()?;
@@ -703,5 +743,38 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(chosen.len(), 1);
+    }
+
+    #[test]
+    fn vxlan_tunnel_pools_need_vxlan_tunnel_use_ipv4_and_a_matching_selector() {
+        let vxlan = |name: &str, cidr: &str, mode: EncapsulationMode| {
+            let mut p = pool(name, cidr, "all()");
+            p.spec.vxlan_mode = mode;
+            p
+        };
+        let mut workload_only = vxlan("workload-only", "10.246.0.0/16", EncapsulationMode::Always);
+        workload_only.spec.allowed_uses = vec![AllowedUse::Workload];
+        let mut disabled = vxlan("disabled", "10.247.0.0/16", EncapsulationMode::Always);
+        disabled.spec.disabled = true;
+        let mut elsewhere = vxlan("elsewhere", "10.248.0.0/16", EncapsulationMode::Always);
+        elsewhere.spec.node_selector = "rack == 'z'".to_owned();
+        let mut tunnel_only = vxlan("tunnel-only", "10.249.0.0/16", EncapsulationMode::Always);
+        tunnel_only.spec.allowed_uses = vec![AllowedUse::Tunnel];
+        let all = vec![
+            vxlan("z-cross", "10.244.0.0/16", EncapsulationMode::CrossSubnet),
+            vxlan("plain", "10.245.0.0/16", EncapsulationMode::Never),
+            workload_only,
+            disabled,
+            elsewhere,
+            tunnel_only,
+            vxlan("v6", "fd00:10::/48", EncapsulationMode::Always),
+        ];
+        let labels = BTreeMap::from([("rack".to_owned(), "a".to_owned())]);
+        let names: Vec<String> = vxlan_tunnel_pools(&all, &labels)
+            .into_iter()
+            .map(|choice| choice.name)
+            .collect();
+        assert_eq!(names, ["tunnel-only", "z-cross"]);
+        assert!(vxlan_tunnel_pools(&pools(), &labels).is_empty());
     }
 }

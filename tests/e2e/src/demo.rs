@@ -18,10 +18,13 @@ use crate::plan::Subnet;
 pub struct DemoOptions {
     /// The chart to install (`charts/tortie`).
     pub chart: PathBuf,
-    /// The IPPool manifest applied after the install.
-    pub pool_manifest: PathBuf,
+    /// The IPPool manifest applied after the install; `None` keeps the default pool the
+    /// operator makes from the chart's `ipPool` values.
+    pub pool_manifest: Option<PathBuf>,
     /// The pod network given to the chart.
     pub pool_cidr: String,
+    /// More `--set` values for the chart, such as `ipPool.encapsulation=VXLAN`.
+    pub helm_values: Vec<String>,
     /// How long to wait for each step.
     pub timeout: Duration,
 }
@@ -31,8 +34,9 @@ impl DemoOptions {
     pub fn from_repository(root: &Path) -> Self {
         Self {
             chart: root.join("charts/tortie"),
-            pool_manifest: root.join("examples/ippool.yaml"),
+            pool_manifest: Some(root.join("examples/ippool.yaml")),
             pool_cidr: "10.244.0.0/16".to_string(),
+            helm_values: Vec::new(),
             timeout: Duration::from_secs(180),
         }
     }
@@ -80,6 +84,8 @@ pub enum DemoError {
 pub const NAMESPACE: &str = "demo";
 /// The namespace Tortie is installed into.
 pub const TORTIE_NAMESPACE: &str = "tortie-system";
+/// The pool the operator makes from the chart's `ipPool` values.
+pub const DEFAULT_POOL: &str = "default-ipv4-ippool";
 /// The port each test pod's server listens on.
 const PORT: u16 = 8080;
 
@@ -118,9 +124,11 @@ pub async fn run(cluster: &mut Cluster, options: &DemoOptions) -> Result<DemoRep
             "--create-namespace",
             "--set",
             &pool_value,
-        ])
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig());
+        ]);
+    for value in &options.helm_values {
+        install.args(["--set", value]);
+    }
+    install.arg("--kubeconfig").arg(cluster.kubeconfig());
     let output = run_command(install)?;
     eprintln!("{}", String::from_utf8_lossy(&output.stdout).trim_end());
 
@@ -162,20 +170,37 @@ pub async fn run(cluster: &mut Cluster, options: &DemoOptions) -> Result<DemoRep
         ],
     )?;
 
-    step("kubectl apply -f examples/ippool.yaml (a pool as a Calico user writes it)");
-    let manifest = options.pool_manifest.to_string_lossy().into_owned();
-    kubectl.run(&["apply", "-f", &manifest])?;
-    kubectl.wait_until(
-        "the pool to be Ready",
-        options.timeout,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "-f",
-            &manifest,
-            "--timeout=5s",
-        ],
-    )?;
+    match &options.pool_manifest {
+        Some(manifest) => {
+            step("kubectl apply -f examples/ippool.yaml (a pool as a Calico user writes it)");
+            let manifest = manifest.to_string_lossy().into_owned();
+            kubectl.run(&["apply", "-f", &manifest])?;
+            kubectl.wait_until(
+                "the pool to be Ready",
+                options.timeout,
+                &[
+                    "wait",
+                    "--for=condition=Ready",
+                    "-f",
+                    &manifest,
+                    "--timeout=5s",
+                ],
+            )?;
+        }
+        None => {
+            step("waiting for the default pool the operator made from the chart's values");
+            kubectl.wait_until(
+                "the default pool to be Ready",
+                options.timeout,
+                &[
+                    "wait",
+                    "--for=condition=Ready",
+                    &format!("ippool/{DEFAULT_POOL}"),
+                    "--timeout=5s",
+                ],
+            )?;
+        }
+    }
 
     step("starting a test pod on each node");
     kubectl.apply(&test_pods_manifest(&["node-1", "node-2"]))?;
