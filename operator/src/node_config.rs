@@ -599,14 +599,8 @@ fn error_policy(
     error: &Error,
     ctx: Arc<NodeConfigContext>,
 ) -> Action {
-    let name = node.name_any();
-    if error.is_permanent() {
-        tracing::warn!(node = %name, %error, "Node config cannot be written until the node changes");
-        return Action::await_change();
-    }
-    let delay = ctx.backoffs.next(&name);
-    tracing::warn!(node = %name, %error, retry_in = ?delay, "Node config reconcile failed");
-    Action::requeue(delay)
+    ctx.backoffs
+        .after_error("node config", &node.name_any(), error)
 }
 
 #[cfg(test)]

@@ -489,14 +489,7 @@ fn error_policy(
     error: &Error,
     ctx: Arc<PoolContext>,
 ) -> Action {
-    let name = pool.name_any();
-    if error.is_permanent() {
-        tracing::warn!(pool = %name, %error, "Pool skipped until it changes");
-        return Action::await_change();
-    }
-    let delay = ctx.backoffs.next(&name);
-    tracing::warn!(pool = %name, %error, retry_in = ?delay, "Pool reconcile failed");
-    Action::requeue(delay)
+    ctx.backoffs.after_error("pool", &pool.name_any(), error)
 }
 
 #[cfg(test)]

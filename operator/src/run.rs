@@ -65,6 +65,25 @@ impl Backoffs {
         delay
     }
 
+    /// What a controller does after reconciling the `kind` object `name` failed: a
+    /// permanent error waits for the object to change; a transient one is retried after
+    /// this object's next backoff delay.
+    pub fn after_error(
+        &self,
+        kind: &str,
+        name: &str,
+        error: &Error,
+    ) -> kube::runtime::controller::Action {
+        use kube::runtime::controller::Action;
+        if error.is_permanent() {
+            tracing::warn!(kind, name, %error, "Reconcile waits until the object changes");
+            return Action::await_change();
+        }
+        let delay = self.next(name);
+        tracing::warn!(kind, name, %error, retry_in = ?delay, "Reconcile failed; retrying");
+        Action::requeue(delay)
+    }
+
     /// Forgets the failures of `name`.
     pub fn reset(&self, name: &str) {
         self.lock().remove(name);

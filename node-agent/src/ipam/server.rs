@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
+use tortie_crds::validation::ValidationErrors;
 
 use super::allocator::{Allocator, IpamError};
 use super::protocol::{
@@ -167,20 +168,10 @@ async fn allocate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request: AllocateRequest = match read_json(&headers, body, "allocate").await {
+    let request: AllocateRequest = match read_request(&headers, body, "allocate").await {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Err(errors) = request.validate() {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            CODE_INVALID,
-            format!(
-                "invalid allocate request for handle {:?}: {errors}",
-                request.handle_id
-            ),
-        );
-    }
     match allocator.allocate(&request).await {
         Ok(response) => Json(response).into_response(),
         Err(error) => ipam_error(&request.handle_id, "allocate", &error),
@@ -192,17 +183,10 @@ async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request: ReleaseRequest = match read_json(&headers, body, "release").await {
+    let request: ReleaseRequest = match read_request(&headers, body, "release").await {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Err(errors) = request.validate() {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            CODE_INVALID,
-            format!("invalid release request: {errors}"),
-        );
-    }
     match allocator.release(&request.handle_id).await {
         Ok(released) => Json(ReleaseResponse { released }).into_response(),
         Err(error) => ipam_error(&request.handle_id, "release", &error),
@@ -214,17 +198,10 @@ async fn check(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request: CheckRequest = match read_json(&headers, body, "check").await {
+    let request: CheckRequest = match read_request(&headers, body, "check").await {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Err(errors) = request.validate() {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            CODE_INVALID,
-            format!("invalid check request: {errors}"),
-        );
-    }
     match allocator.check(&request.handle_id).await {
         Ok(addresses) => Json(CheckResponse { addresses }).into_response(),
         Err(error) => ipam_error(&request.handle_id, "check", &error),
@@ -260,6 +237,47 @@ async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Respo
 }
 
 /// Reads a bounded body and decodes it; any failure is answered without touching state.
+/// A request body that names a handle and can check its own fields.
+trait HandleRequest: DeserializeOwned {
+    fn handle_id(&self) -> &str;
+    fn validate(&self) -> Result<(), ValidationErrors>;
+}
+
+macro_rules! handle_request {
+    ($($request:ty),*) => {$(
+        impl HandleRequest for $request {
+            fn handle_id(&self) -> &str {
+                &self.handle_id
+            }
+            fn validate(&self) -> Result<(), ValidationErrors> {
+                <$request>::validate(self)
+            }
+        }
+    )*};
+}
+handle_request!(AllocateRequest, ReleaseRequest, CheckRequest);
+
+/// Reads the body of an `operation` request and checks its fields; a broken rule is a
+/// 422 naming the handle and the field.
+async fn read_request<T: HandleRequest>(
+    headers: &HeaderMap,
+    body: Body,
+    operation: &str,
+) -> Result<T, Response> {
+    let request: T = read_json(headers, body, operation).await?;
+    if let Err(errors) = request.validate() {
+        return Err(error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            CODE_INVALID,
+            format!(
+                "invalid {operation} request for handle {:?}: {errors}",
+                request.handle_id()
+            ),
+        ));
+    }
+    Ok(request)
+}
+
 async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
